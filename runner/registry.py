@@ -1,0 +1,34 @@
+"""Lazy method registry: name -> "module:function", imported only when the method runs.
+
+Adding a method: one file runner/methods/<name>.py with `Config` (a dataclass mirroring
+conf/method/<name>.yaml) and `run(ctx) -> dict`, one YAML, and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from runner.errors import UserError
+
+METHODS: dict[str, str] = {
+    "finetune": "runner.methods.finetune:run",
+}
+
+
+def _split(name: str) -> tuple[str, str]:
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
+    module, _, attr = METHODS[name].partition(":")
+    return module, attr
+
+
+def get(name: str):
+    """The method's `run(ctx)` function."""
+    module, attr = _split(name)
+    return getattr(importlib.import_module(module), attr)
+
+
+def config_class(name: str):
+    """The method's `Config` dataclass (its YAML keys, types and defaults)."""
+    module, _ = _split(name)
+    return importlib.import_module(module).Config

@@ -1,0 +1,147 @@
+"""One run: check the config, honour the run directory contract, dispatch to the method.
+
+    completed results.json -> skip (unless force=true)      no torch import on this path
+    checks every config group against its dataclass
+    seed, hardware, logger -> method.run(ctx) -> results.json completed | failed
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from runner import registry
+from runner.config import build, to_dict
+from runner.errors import UserError
+from runner.results import RunDir, diff_keys, fingerprint
+
+log = logging.getLogger("runner")
+
+
+def _hydra_runtime() -> tuple[Path, list[str], bool]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir), list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
+
+
+def make_context(cfg: DictConfig, run_dir: Path):
+    """Check every group against its dataclass and build the method's Context."""
+    from runner.context import Context
+    from runner.hardware import HardwareConfig
+    from runner.logger import LoggerConfig
+    from runner.models import ModelConfig
+    from runner.tasks.config import TaskConfig
+    from runner.train import TrainConfig
+
+    c = to_dict(cfg)
+    known = {"model", "method", "task", "train", "hardware", "logger", "paths", "seed", "data_dir", "force",
+             "experiment"}
+    unknown = sorted(set(c) - known)
+    if unknown:
+        raise UserError(f"unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return Context(
+        run_dir=run_dir,
+        seed=int(c["seed"]),
+        data_dir=c.get("data_dir"),
+        cache_dir=c["paths"].get("cache_dir"),
+        method=build(registry.config_class(c["method"]["name"]), c["method"], "method"),
+        model_cfg=build(ModelConfig, c["model"], "model"),
+        task_cfg=build(TaskConfig, c["task"], "task"),
+        train=build(TrainConfig, c["train"], "train"),
+        hardware=build(HardwareConfig, c["hardware"], "hardware"),
+        logger=build(LoggerConfig, c["logger"], "logger"),
+    )
+
+
+def check_existing(rd: RunDir, config: dict, force: bool) -> bool:
+    """True when the run is already completed and must be skipped. Refuses to mix configs in one dir."""
+    if rd.status is None:
+        return False
+    old = rd.results.get("config") or {}
+    if rd.results.get("fingerprint") not in (None, fingerprint(config)) and not force:
+        keys = [k for k in diff_keys(old, config) if k.split(".")[0] not in
+                ("hardware", "logger", "paths", "force", "data_dir")]
+        raise UserError(f"{rd.path} holds a run of a different config (differs in: {', '.join(keys[:6]) or '?'}); "
+                        "pass force=true to redo it there (the old results are kept aside)")
+    if force:
+        moved = rd.archive()
+        if moved:
+            log.info("force=true: kept the previous results as %s", ", ".join(p.name for p in moved))
+        return False
+    return rd.status == "completed"
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Entry point called by runner/__main__.py. Returns the main metric (for sweepers) or None."""
+    run_dir, overrides, multirun = _hydra_runtime()
+    config = to_dict(cfg)
+    rd = RunDir(run_dir)
+    try:
+        if check_existing(rd, config, bool(cfg.force)):
+            metrics = rd.results.get("metrics", {})
+            print(f"skipped: already completed; results in {run_dir / 'results.json'}")
+            return _main_metric(cfg, metrics)
+        ctx = make_context(cfg, run_dir)
+    except UserError as e:
+        return _fail(None, e, multirun)
+
+    from runner import hardware
+
+    if ctx.hardware.name == "multi_gpu" and not hardware.in_distributed_child():
+        code = hardware.relaunch_under_torchrun(ctx.hardware, overrides)
+        if code != 0:
+            return _fail(rd, UserError(f"torchrun exited with status {code}; see {run_dir}/run.log"), multirun)
+        return _main_metric(cfg, RunDir(run_dir).results.get("metrics", {}))
+
+    main = hardware.is_main_process()
+    if main:
+        rd.start(config, overrides)
+    try:
+        hardware.apply(ctx.hardware)
+        from runner import logger as tracking
+
+        tracking.setup(ctx.logger, run_dir)
+        from transformers import set_seed
+
+        set_seed(ctx.seed)
+        result = registry.get(ctx.method.name)(ctx)
+    except UserError as e:
+        return _fail(rd if main else None, e, multirun)
+    except BaseException as e:
+        if main:
+            rd.finish("failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        raise
+    if not main:
+        return None
+    metrics = result.pop("metrics", {})
+    rd.finish("completed", metrics=metrics, **result, **ctx.info)
+    _report(run_dir, metrics)
+    return _main_metric(cfg, metrics)
+
+
+def _fail(rd: RunDir | None, error: UserError, multirun: bool) -> None:
+    """One line on stderr; a non-zero exit for single runs; multirun jobs record it and let the sweep go on."""
+    if rd is not None and rd.status == "running":
+        rd.finish("failed", error=str(error))
+    print(f"error: {error}", file=sys.stderr)
+    if not multirun:
+        sys.exit(2)
+    return None
+
+
+def _report(run_dir: Path, metrics: dict) -> None:
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                      if isinstance(v, float) and k not in ("epoch", "step"))
+    print(f"run directory: {run_dir}")
+    print(f"final metrics: {shown}")
+
+
+def _main_metric(cfg: DictConfig, metrics: dict) -> float | None:
+    value = metrics.get(cfg.task.main_metric) if "main_metric" in cfg.task else None
+    return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,55 @@
+"""Shared test helpers: offline environment, config composition, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Hub calls hang ~23 s without network: every test runs offline.
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_DATA = Path(os.environ.get("PLM_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
+    """The composed config for `python -m runner <overrides>` (no run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from runner.results import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [],
+                             return_hydra_config=return_hydra_config)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None = None,
+            module: str = "runner") -> subprocess.CompletedProcess:
+    """`python -m runner <args>` in a subprocess; returns the completed process (never raises on status)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "glue" / "sst2" / "train.tsv").exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+# Settings that make a tiny-bert SST-2 run take a few seconds.
+TINY_SST2 = [
+    "model=tiny-bert", "task=glue/sst2", "task.max_train_samples=256", "task.max_eval_samples=64",
+    "task.max_length=32", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64",
+    "train.logging_steps=5", "train.save_steps=8", "train.lr=1e-3",
+]
