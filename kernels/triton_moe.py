@@ -176,7 +176,8 @@ def _partials(x, b_out, T, top_k, reduce):
         return x.new_empty(T * top_k, d)
     if b_out is None:
         return torch.zeros(T, d, dtype=torch.float32, device=x.device)
-    return b_out.to(torch.float32).expand(T, d).contiguous()
+    # a fresh tensor: .contiguous() of a (1, d) expand would alias b_out itself
+    return torch.empty(T, d, dtype=torch.float32, device=x.device).copy_(b_out)
 
 
 def gemm2(h, w_out, expert_weight, plan, x, b_out, top_k, reduce, cfg):

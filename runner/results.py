@@ -1,6 +1,6 @@
 """The run directory contract: a deterministic path per config and an atomically written results.json.
 
-results.json holds: status (running | completed | failed), metrics, the resolved config and its
+results.json holds: status (running | completed | failed | requeued), metrics, the resolved config and its
 fingerprint, the overrides, git commit, package versions, wall time, parameter counts and, for failed
 runs, the error. No torch import here: the skip check of a completed run must take well under 3 s.
 """

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from runner import registry
 from runner.config import build, to_dict
 from runner.errors import UserError
+from runner.requeue import Requeue
 from runner.results import RunDir, diff_keys, fingerprint
 
 log = logging.getLogger("runner")
@@ -114,8 +115,9 @@ def run(cfg: DictConfig) -> float | None:
     except UserError as e:
         return _fail(rd if main else None, e, multirun)
     except BaseException as e:
-        if main:
-            rd.finish("failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if main:  # Requeue: a checkpoint was saved on SLURM's signal and the launcher requeues this job
+            status = "requeued" if isinstance(e, Requeue) else "failed"
+            rd.finish(status, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
     if not main:
         return None

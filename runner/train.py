@@ -23,6 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from runner import requeue
 from runner.models import count_parameters
 
 
@@ -30,7 +31,7 @@ from runner.models import count_parameters
 class TrainConfig:
     """Mirror of conf/train/default.yaml."""
 
-    epochs: float = 3
+    epochs: float = 2
     max_steps: int = -1
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -68,6 +69,21 @@ class RunnerTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = self.loss_fn(model, inputs, self.teacher)
         return (loss, outputs) if return_outputs else loss
+
+
+class StopOnRequest(TrainerCallback):
+    """SLURM requeue (runner/requeue.py): once the job's stop flag is set by the pre-timeout or preemption
+    signal, save a checkpoint at the next step end and, once it is written, leave training by raising
+    Requeue; the requeued job resumes from that checkpoint."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if requeue.stop_requested():
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if requeue.stop_requested():
+            raise requeue.Requeue(f"stopped at step {state.global_step} on SLURM's signal; checkpoint saved")
 
 
 def collator(tokenizer, mlm: bool, mlm_probability: float = 0.15):
@@ -157,7 +173,7 @@ def fit(
         eval_dataset=eval_dataset,
         processing_class=ctx.tokenizer,
         compute_metrics=None if mlm else compute_metrics_fn(task),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, StopOnRequest()],
         optimizers=optimizers,
         loss_fn=loss_fn,
         teacher=teacher,

@@ -226,6 +226,19 @@ def test_activation_names_and_gated_t5():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("case", ["bert-cls", "electra-cls", "t5-cls", "t5-gated-cls"])
+def test_set_ffn_activation_survives_save_and_load(case, tmp_path):
+    model = build(case)
+    target = "gelu" if arch.ffns(model)[0].activation == "relu" else "relu"
+    arch.set_ffn_activation(model, target)
+    assert {f.activation for f in arch.ffns(model)} == {target}
+    model.save_pretrained(tmp_path)
+    loaded = CASES[case][1].from_pretrained(tmp_path).eval()
+    assert {f.activation for f in arch.ffns(loaded)} == {target}
+    torch.testing.assert_close(run(loaded), run(model))
+
+
+@torch.no_grad()
 def test_head_gate_ones_keeps_logits(model):
     before = run(model)
     atts = arch.attentions(model)

@@ -22,7 +22,7 @@ def test_cfg_job_is_fast_and_does_not_import_torch():
 def test_help_lists_groups_without_torch():
     out = run_cli("--help", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert out.returncode == 0
-    for group in ("model:", "method:", "task:", "hardware:"):
+    for group in ("model:", "method:", "task/glue:", "hardware:"):
         assert group in out.stdout
     assert "finetune" in out.stdout and "tiny-bert" in out.stdout
     assert "| torch\n" not in out.stderr

@@ -180,6 +180,35 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
         tasks.load(task_cfg("glue/rte"), None, seed=0)
 
 
+def test_hub_fallback_when_online(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name, split):  # the hub's layout: hub column names, ClassLabel, idx
+        calls.append((path, name, split))
+        features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=["entailment", "not_entailment"]),
+                                      "idx": datasets.Value("int32")})
+        return datasets.Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "label": [1], "idx": [0]},
+                                          features=features)
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = tasks.load(task_cfg("glue/rte"), str(tmp_path), seed=0)
+    assert calls == [("nyu-mll/glue", "rte", "train"), ("nyu-mll/glue", "rte", "validation")]
+    assert task.train.column_names == ["sentence1", "sentence2", "label"] and task.train["label"] == [1]
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(TaskDataError, match="Couldn't reach the hub\\); set data_dir=") as error:
+        tasks.load(task_cfg("glue/rte"), None, seed=0)
+    assert "\n" not in str(error.value)
+
+
 # ---- sampling --------------------------------------------------------------------------------------------
 
 @needs_shared

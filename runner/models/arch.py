@@ -336,6 +336,17 @@ def ffn_width(model: nn.Module) -> int:
     return getattr(model.config, _FAMILIES[family(model)].width_key)
 
 
+def set_ffn_activation(model: nn.Module, name: str) -> None:
+    """Every FFN's activation becomes `name` (e.g. "relu" for ReLU-fication), in the modules and in the
+    config, so that save_pretrained / from_pretrained keep it."""
+    for ffn in ffns(model):
+        ffn.set_activation(name)
+    config = model.config
+    setattr(config, _FAMILIES[family(model)].act_key, name)
+    if family(model) == "t5":  # T5Config re-derives dense_act_fn from feed_forward_proj when it is loaded
+        config.feed_forward_proj = f"gated-{name}" if config.is_gated_act else name
+
+
 def num_layers(model: nn.Module) -> dict[str, int]:
     """Layer count per stack present in this model, e.g. {"encoder": 12} or {"encoder": 6, "decoder": 6}."""
     counts: dict[str, int] = {}

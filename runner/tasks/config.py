@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.errors import UserError
+
 LOADERS = ("glue", "bbc", "text")
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError, ValueError):
     """The task's data cannot be found or parsed; the message is one line that names the fix."""
 
 

@@ -1,0 +1,88 @@
+"""hydra-submitit-launcher's SLURM and local launchers with sweep resume, failure reports and requeue.
+
+    hydra/launcher=slurm   (hardware=slurm)       one SLURM job array per sweep (conf/hydra/launcher/slurm.yaml)
+    hydra/launcher=local   (hardware=local_jobs)  each job a process on this machine (.../local.yaml)
+
+What they add to the plugin's launchers (hydra_submitit_launcher 1.2.0):
+- launch(): jobs whose results.json is completed are not submitted (runner/sweep.py), and a job that
+  died (OOM-killed, node failure) is reported as failed instead of stopping the wait for the others;
+- __call__() (runs in the job): SLURM's pre-timeout / preemption signal saves a checkpoint at the next
+  step and then requeues the job (runner/requeue.py); `checkpoint()` is the plugin's: the same overrides,
+  hence the same run directory, where the requeued job resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+from runner import requeue, sweep
+
+log = logging.getLogger("runner")
+
+
+class _Resumable:
+    """Mixin over the plugin's BaseSubmititLauncher."""
+
+    _EXECUTOR: str
+    params: dict[str, Any]
+
+    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state) -> JobReturn:
+        # In the job. Give the training loop most of the warning time to reach a step end and save.
+        grace = 0.75 * float(self.params.get("signal_delay_s") or 30)
+        with requeue.SignalGuard(grace_s=grace) as guard:
+            try:
+                return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            except requeue.Requeue as e:
+                log.warning("requeueing: %s", e)
+                guard.requeue()  # submitit: checkpoint() + requeue + exit; returns only if it cannot requeue
+                raise
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return sweep.launch_resuming(self, job_overrides, initial_job_idx, self._submit)
+
+    def _submit(self, jobs: list[sweep.Job]) -> list[JobReturn | BaseException]:
+        """The plugin's launch(), but a job that raises or dies is returned as its exception."""
+        import submitit
+
+        params = dict(self.params)
+        init = {"folder": params.pop("submitit_folder")}
+        if "max_num_timeout" in params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        args = [(job.overrides, "hydra.sweep.dir", job.idx, f"job_id_for_{job.idx}", Singleton.get_state())
+                for job in jobs]
+        submitted = executor.map_array(self, *zip(*args, strict=True))
+        for job, sub in zip(jobs, submitted, strict=True):
+            log.info("\t#%d %s job %s: %s -> %s", job.idx, self._EXECUTOR, sub.job_id, job.label,
+                     os.path.relpath(job.run_dir))
+        results: list[JobReturn | BaseException] = []
+        for sub in submitted:
+            try:
+                results.append(sub.results()[0])
+            except Exception as e:  # the job died or raised outside the task: report it, wait for the others
+                last = [line for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
+                results.append(RuntimeError(f"{self._EXECUTOR} job {sub.job_id}: {last[0].strip()} "
+                                            f"(log: {sub.paths.stderr})"))
+        return results
+
+
+class SlurmLauncher(_Resumable, plugin.SlurmLauncher):
+    """hydra/launcher=slurm."""
+
+
+class LocalLauncher(_Resumable, plugin.LocalLauncher):
+    """hydra/launcher=local."""

@@ -1,0 +1,58 @@
+"""Curves declared in expected.csv (`plot`, `x`, `series` columns): ours (mean ± std) against the paper's
+points, one PNG per `plot` name, saved next to the table. matplotlib is imported here only (Agg backend)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from runner.tables.aggregate import Line
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "plot"
+
+
+def plot_all(lines: list[Line], out_dir: Path) -> list[Path]:
+    by_plot: dict[str, list[Line]] = defaultdict(list)
+    for line in lines:
+        if line.plot and line.x is not None:
+            by_plot[line.plot].append(line)
+    return [plot_one(name, points, out_dir) for name, points in by_plot.items()]
+
+
+def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    series: dict[str, list[Line]] = defaultdict(list)
+    for line in lines:
+        series[line.series or line.metric].append(line)
+    for i, (label, points) in enumerate(series.items()):
+        color = f"C{i}"
+        points.sort(key=lambda p: p.x)
+        ours = [p for p in points if p.mean is not None]
+        if ours:
+            ax.errorbar([p.x for p in ours], [p.mean for p in ours], yerr=[p.std or 0.0 for p in ours],
+                        color=color, marker="o", capsize=3, label=f"{label} (ours, n={max(p.n for p in ours)})")
+        paper = [p for p in points if p.paper is not None]
+        if paper:
+            ax.plot([p.x for p in paper], [p.paper for p in paper], color=color, marker="s", linestyle="--",
+                    markerfacecolor="none", label=f"{label} (paper)")
+    first = lines[0]
+    ax.set_xlabel(first.x_label or "x")
+    ax.set_ylabel(f"{first.metric} (% of reference)" if first.relative_to else
+                  f"{first.metric}" + ("" if first.scale == 1 else f" ×{first.scale:g}"))
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{slug(name)}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

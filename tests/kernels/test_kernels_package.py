@@ -1,0 +1,52 @@
+"""`import kernels` is free of side effects; the public names resolve lazily."""
+
+import os
+import subprocess
+import sys
+
+import kernels
+
+
+def test_import_has_no_side_effects():
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "import kernels\n"
+        "assert dict(os.environ) == before\n"
+        "print(sorted(m for m in ('torch', 'triton', 'kernels.api') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[]\n" and out.stderr == ""
+
+
+def test_public_api_does_not_import_triton():
+    code = (
+        "import sys, torch, kernels\n"
+        "x = torch.randn(3, 8); w = torch.randn(2, 4, 8)\n"
+        "kernels.moe_ffn(x, w, None, w, None, torch.tensor([[0], [1], [1]]))\n"
+        "kernels.sparse_ffn(x, w[0], None, w[1], None, torch.tensor([0, 2]))\n"
+        "print('triton' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "False\n"
+
+
+def test_exports():
+    for name in kernels.__all__:
+        assert getattr(kernels, name) is not None
+    assert "moe_ffn" in dir(kernels)
+    try:
+        kernels.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_sparse_token_limit_matches_the_kernel():
+    from kernels import api, triton_sparse
+
+    assert api.SPARSE_TRITON_MAX_TOKENS == triton_sparse.MAX_TOKENS

@@ -1,0 +1,251 @@
+"""Paper tables (runner/tables): aggregation over seeds, expected.csv join, Δ/flags, relative rows, files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+from pathlib import Path
+
+import pytest
+
+from runner.errors import UserError
+from runner.tables import make_table
+from runner.tables.collect import MISSING, collect, lookup
+from runner.tables.expected import read_expected
+from runner.tables.table import recipe_roots
+from tests.conftest import ROOT, compose, run_cli
+
+HEADER = "label,task.name,model.name,method.name,metric,value,scale,tolerance,relative_to,source,command"
+
+
+def write_run(root: Path, seed: int, metrics: dict | None = None, status: str = "completed", task: str = "glue/sst2",
+              model: str = "minilm", method: str = "finetune", lr: float = 5e-5, tag: str = "default",
+              method_keys: dict | None = None, **fields) -> Path:
+    """A results.json shaped like runner/results.py writes it, in the deterministic directory layout."""
+    run_dir = root / method / task / model / tag / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    config = {"model": {"name": model}, "method": {"name": method, **(method_keys or {})},
+              "task": {"name": task, "main_metric": "pearson" if task == "glue/stsb" else "accuracy"},
+              "train": {"lr": lr, "epochs": 1}, "hardware": {"name": "cpu"}, "logger": {"name": "none"},
+              "paths": {"output_root": str(root)}, "seed": seed, "data_dir": "/data", "force": False}
+    results = {"status": status, "config": config, "run_dir": str(run_dir), "metrics": metrics or {}, **fields}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def recipe(tmp_path: Path, rows: list[str], header: str = HEADER) -> Path:
+    folder = tmp_path / "recipe"
+    folder.mkdir()
+    (folder / "expected.csv").write_text("\n".join([header, *rows]) + "\n")
+    return folder
+
+
+def test_lookup_dotted_paths_with_dotted_keys():
+    data = {"metrics": {"accuracy": 0.9}, "ratios": {"0.25": {"accuracy": 0.8}, "0.5": {"accuracy": 0.85}},
+            "layers": [{"kept": 3}, {"kept": 4}]}
+    assert lookup(data, "metrics.accuracy") == 0.9
+    assert lookup(data, "ratios.0.25.accuracy") == 0.8
+    assert lookup(data, "layers.1.kept") == 4
+    assert lookup(data, "ratios.0.75.accuracy") is MISSING and lookup(data, "layers.5") is MISSING
+
+
+def test_mean_sample_std_and_n_over_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    accs = [0.90, 0.92, 0.97]
+    for seed, acc in enumerate(accs, 1):
+        write_run(runs, seed, {"accuracy": acc})
+    write_run(runs, 1, {"pearson": 0.8}, task="glue/stsb")
+    folder = recipe(tmp_path, ["SST-2,glue/sst2,minilm,finetune,accuracy,91.0,,,,paper T1,",
+                               "STS-B,glue/stsb,minilm,finetune,pearson,,,,,,"])
+    table = make_table(folder, runs=[runs], write=False)
+    sst2, stsb = table.lines
+    assert sst2.n == 3 and sst2.seeds == [1, 2, 3]
+    assert sst2.mean == pytest.approx(100 * statistics.fmean(accs))
+    assert sst2.std == pytest.approx(100 * statistics.stdev(accs))  # sample std (n - 1), in paper units
+    assert sst2.scale == 100 and sst2.delta == pytest.approx(sst2.mean - 91.0)
+    assert stsb.n == 1 and stsb.std is None and stsb.mean == pytest.approx(80.0)
+    assert stsb.status == "no paper value"
+    assert "93.00 ± 3.61" in table.markdown and "| 3 |" in table.markdown
+
+
+def test_delta_and_tolerance_flags(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, acc in [(1, 0.90), (2, 0.92)]:
+        write_run(runs, seed, {"accuracy": acc})
+    folder = recipe(tmp_path, ["close,glue/sst2,,,accuracy,90.5,,1.0,,,",
+                               "far,glue/sst2,,,accuracy,93.5,,1.0,,,",
+                               "raw units,glue/sst2,,,accuracy,0.90,1,0.005,,,"])
+    close, far, raw = make_table(folder, runs=[runs], write=False).lines
+    assert close.delta == pytest.approx(0.5) and close.status == "ok" and not close.flagged
+    assert far.delta == pytest.approx(-2.5) and far.status == "off" and far.flagged
+    assert raw.scale == 1 and raw.mean == pytest.approx(0.91) and raw.status == "off"
+
+
+def test_missing_cell_shows_the_command_that_fills_it(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, 1, {"accuracy": 0.9})
+    folder = recipe(tmp_path, [
+        "STS-B,glue/stsb,minilm,finetune,pearson,88.0,,1.0,,,experiment=finetune/stsb data_dir=../shared/data",
+        "MRPC,glue/mrpc,minilm,,accuracy,85.0,,1.0,,,"])
+    table = make_table(folder, runs=[runs], write=False)
+    stsb, mrpc = table.lines
+    assert stsb.status == mrpc.status == "missing" and stsb.mean is None
+    assert "missing: `python -m runner -m experiment=finetune/stsb data_dir=../shared/data`" in table.markdown
+    assert mrpc.command == "python -m runner -m task=glue/mrpc model=minilm"  # settings -> group overrides
+    assert table.problems == [stsb, mrpc]
+    # The SST-2 run matches no row: it is still listed, under the table.
+    assert "Settings found but not in expected.csv" in table.markdown and table.others[0].n == 1
+
+
+def test_failed_and_running_runs_are_excluded_and_counted(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, 1, {"accuracy": 0.9})
+    write_run(runs, 2, {"accuracy": 0.1}, status="failed", error="RuntimeError: out of memory")
+    write_run(runs, 3, status="running")
+    (runs / "broken").mkdir()
+    (runs / "broken" / "results.json").write_text("{not json")
+    folder = recipe(tmp_path, ["SST-2,glue/sst2,,,accuracy,90.0,,1.0,,,"])
+    table = make_table(folder, runs=[runs], write=False)
+    (line,) = table.lines
+    assert line.n == 1 and line.mean == pytest.approx(90.0)
+    assert (line.failed, line.running) == (1, 1)
+    assert table.found.counts == {"completed": 1, "failed": 1, "running": 1, "unreadable": 1}
+    assert "excluded: 1 failed, 1 running, 1 unreadable" in table.markdown
+    assert "(1 failed, 1 running, excluded)" in table.markdown and "out of memory" in table.markdown
+
+
+def test_relative_rows_use_our_own_reference_run_per_seed(tmp_path):
+    runs = tmp_path / "runs"
+    dense = {1: 0.90, 2: 0.80}
+    sparse = {1: 0.81, 2: 0.76}  # 90% and 95% of the dense run of the same seed
+    for seed in (1, 2):
+        write_run(runs, seed, {"accuracy": dense[seed]}, model="bert-base")
+        write_run(runs, seed, {"accuracy": dense[seed]}, model="bert-base", method="moefication",
+                  method_keys={"ratio": 0.2}, ratios={"0.2": {"accuracy": sparse[seed]}})
+    header = "label,task.name,model.name,method.name,method.ratio,metric,value,tolerance,relative_to"
+    folder = recipe(tmp_path, [
+        "other setting,glue/sst2,bert-base,moefication,0.2,ratios.0.2.accuracy,97.0,1.0,"
+        "method.name=finetune;method.ratio=;metric=accuracy",
+        "same runs,glue/sst2,bert-base,moefication,0.2,ratios.0.2.accuracy,97.0,1.0,metric=accuracy",
+        "no reference,glue/sst2,bert-base,moefication,0.2,ratios.0.2.accuracy,97.0,1.0,model.name=t5-base"],
+        header=header)
+    table = make_table(folder, runs=[runs], write=False)
+    other, same, none = table.lines
+    for line in (other, same):
+        assert line.scale == 100 and line.n == 2
+        assert line.mean == pytest.approx(92.5) and line.std == pytest.approx(statistics.stdev([90.0, 95.0]))
+        assert line.delta == pytest.approx(-4.5) and line.flagged
+        assert line.absolute == pytest.approx(0.785)
+    assert "finetune/glue/sst2/bert-base" in other.reference
+    assert none.status == "no reference" and none.mean is None
+    assert "% of ref" in table.markdown
+
+
+def test_several_matching_settings_get_a_line_each(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, 1, {"accuracy": 0.90}, lr=5e-5)
+    write_run(runs, 1, {"accuracy": 0.80}, lr=1e-4, tag="train.lr=1e-4", finished_at="2026-01-01T10:00:00")
+    # The same setting and seed completed twice (another directory name): it counts once, the later run.
+    write_run(runs, 1, {"accuracy": 0.50}, lr=1e-4, tag="train.lr=0.0001", finished_at="2025-01-01T10:00:00")
+    folder = recipe(tmp_path, ["SST-2,glue/sst2,,,accuracy,90.0,,1.0,,,"])
+    table = make_table(folder, runs=[runs], write=False)
+    assert sorted((line.variant, line.mean) for line in table.lines) == [
+        ("train.lr=0.0001", pytest.approx(80.0)), ("train.lr=5e-05", pytest.approx(90.0))]
+    assert table.found.duplicates == 1 and "| variant |" in table.markdown
+
+
+def test_csv_latex_and_png_are_written(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        for ratio, acc in [(0.1, 0.80), (0.3, 0.88)]:
+            write_run(runs, seed, {"accuracy": acc + seed / 100}, method="moefication",
+                      method_keys={"ratio": ratio}, tag=f"method.ratio={ratio}", parameters={"trainable": 1000})
+    header = "label,method.ratio,metric,value,tolerance,source,plot,x,x_label,series"
+    folder = recipe(tmp_path, [
+        "r=0.1,0.1,accuracy,81.0,1.5,Table 2 & Fig. 3,Accuracy vs ratio,0.1,expert ratio,mlp router",
+        "r=0.3,0.3,accuracy,92.0,1.5,Table 2 & Fig. 3,Accuracy vs ratio,0.3,expert ratio,mlp router",
+        "r=0.5,0.5,accuracy,91.0,1.5,Table 2 & Fig. 3,Accuracy vs ratio,0.5,expert ratio,mlp router",
+        "params,0.3,accuracy,,,,Accuracy vs params,parameters.trainable,trainable parameters,"], header=header)
+    out = tmp_path / "tables"
+    table = make_table(folder, runs=[runs], out=out)
+    names = sorted(p.name for p in table.files)
+    assert names == ["Accuracy_vs_params.png", "Accuracy_vs_ratio.png", "recipe.csv", "recipe.md", "recipe.tex"]
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(out / "recipe.csv")))
+    assert [r["status"] for r in rows] == ["ok", "off", "missing", "no paper value"]
+    assert float(rows[0]["mean"]) == pytest.approx(82.0) and rows[0]["n"] == "3" and rows[1]["flag"] == "1"
+    assert rows[2]["command"].startswith("python -m runner -m method.ratio=0.5")
+    tex = (out / "recipe.tex").read_text()
+    assert "\\toprule" in tex and "$82.00 \\pm 1.00$" in tex and "\\textbf{-2.00}" in tex
+    assert (out / "recipe.md").read_text() == table.markdown
+    assert table.lines[3].x == 1000
+
+
+def test_expected_csv_errors_name_the_line(tmp_path):
+    folder = recipe(tmp_path, ["SST-2,glue/sst2,,,accuracy,ninety,,,,,"])
+    with pytest.raises(UserError, match="line 2: value='ninety' is not a number"):
+        read_expected(folder / "expected.csv")
+    (folder / "expected.csv").write_text("task.name,value\nglue/sst2,1\n")
+    with pytest.raises(UserError, match="metric"):
+        read_expected(folder / "expected.csv")
+
+
+def test_recipe_output_roots_and_outputs_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    (folder / "table1.yaml").write_text(
+        "# @package _global_\npaths:\n  output_root: ${oc.env:PLM_OUTPUT_ROOT,outputs}/paper\n")
+    (folder / "table2.yaml").write_text("# @package _global_\ntrain:\n  epochs: 1\n")
+    monkeypatch.delenv("PLM_OUTPUT_ROOT", raising=False)
+    assert recipe_roots(folder) == [Path("outputs/paper")]
+    monkeypatch.setenv("PLM_OUTPUT_ROOT", str(tmp_path / "elsewhere"))
+    assert recipe_roots(folder) == [tmp_path / "elsewhere" / "paper"]
+    # An outputs folder without expected.csv: one line per setting, its task's main metric.
+    runs = tmp_path / "elsewhere" / "paper"
+    write_run(runs, 1, {"pearson": 0.5}, task="glue/stsb")
+    assert collect([runs]).counts["completed"] == 1
+    table = make_table(runs, out=tmp_path / "t")
+    assert not table.lines and table.others[0].metric == "pearson" and table.others[0].mean == pytest.approx(50)
+    assert "Settings found:" in table.markdown
+
+
+def recipe_dirs() -> list[Path]:
+    return sorted(p.parent for p in (ROOT / "recipes").glob("*/expected.csv"))
+
+
+@pytest.mark.parametrize("folder", recipe_dirs(), ids=lambda p: p.name)
+def test_recipe_expected_rows_name_real_config_keys(folder):
+    """Every setting column of a recipe's expected.csv exists in the config its command composes."""
+    from omegaconf import OmegaConf
+
+    for row in read_expected(folder / "expected.csv"):
+        args = shlex.split(row.fill_command().removeprefix("python -m runner -m "))
+        # Sweeps (a=1,2) and where-to-run keys are for the launcher, not for composing one config.
+        overrides = [a for a in args if not a.startswith(("data_dir=", "seed=", "-"))
+                     and ("," not in a.partition("=")[2] or a.partition("=")[2].startswith("["))]
+        config = OmegaConf.to_container(compose(overrides), resolve=False)
+        for key in row.settings:
+            assert lookup(config, key) is not MISSING, f"{folder.name} line {row.line}: no config key {key}"
+
+
+def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data):
+    runs = tmp_path / "runs"
+    sweep = run_cli("-m", "model=tiny-bert", "task=glue/sst2", f"data_dir={shared_data}",
+                    "task.max_train_samples=64", "task.max_eval_samples=32", "task.max_length=32",
+                    "train.epochs=1", "seed=1,2", f"paths.output_root={runs}", "method.save_model=false")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    folder = recipe(tmp_path, ["tiny SST-2,glue/sst2,tiny-bert,finetune,accuracy,50.0,,50.0,,smoke,",
+                               "tiny STS-B,glue/stsb,tiny-bert,finetune,pearson,,,,,,"])
+    out = tmp_path / "tables"
+    shown = run_cli(str(folder), "--runs", str(runs), "--out", str(out), module="runner.tables", timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "2 completed run(s) in 1 setting(s)" in shown.stdout
+    assert "| tiny SST-2 | accuracy ×100 |" in shown.stdout and "| 2 | 50.0 [1] |" in shown.stdout
+    assert "missing: `python -m runner -m task=glue/stsb model=tiny-bert method=finetune`" in shown.stdout
+    rows = list(csv.DictReader(open(out / "recipe.csv")))
+    assert rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2" and 0 <= float(rows[0]["mean"]) <= 100
+    check = run_cli(str(folder), "--runs", str(runs), "--no-write", "--check", module="runner.tables", timeout=120)
+    assert check.returncode == 1 and "check failed: 1 row(s)" in check.stderr
