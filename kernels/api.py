@@ -25,6 +25,21 @@ def _check_shape(name, t, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def _no_backward(impl, *tensors):
+    """True when autograd must see this call; the Triton path then is refused (forced) or skipped (auto)."""
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if impl == "triton":
+        raise NotImplementedError("the Triton kernels have no backward; use impl='torch' or torch.no_grad()")
+    return True
+
+
+def _check_dtypes(x, *tensors):
+    for t in tensors:
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"weights and biases must have the dtype of x ({x.dtype}), got {t.dtype}")
+
+
 def _use_triton(impl, x):
     return impl == "triton" or (impl == "auto" and x.is_cuda)
 
@@ -39,7 +54,8 @@ def moe_ffn(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, *, acti
     b_out (d,) or None, added once per token; expert_idx (T, k) integer; expert_weight (T, k) or None.
     A token may list an expert twice (it is then counted twice).
     reduce: "buffer" (deterministic slot sum) or "atomic" (fp32 atomics); Triton path only.
-    impl: "auto" (Triton on CUDA tensors, torch on CPU), "torch" or "triton".
+    impl: "auto" (Triton on CUDA tensors, torch on CPU), "torch" or "triton". When gradients are
+    needed, "auto" takes the torch path (autograd-friendly ops); the Triton kernels are forward-only.
     """
     check_activation(activation)
     _check_choice("reduce", reduce, REDUCES)
@@ -58,7 +74,10 @@ def moe_ffn(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, *, acti
     if expert_idx.dtype.is_floating_point or expert_idx.dtype == torch.bool:
         raise ValueError(f"expert_idx must be an integer tensor, got {expert_idx.dtype}")
     _check_shape("expert_weight", expert_weight, expert_idx.shape)
+    _check_dtypes(x, w_in, b_in, w_out, b_out)
     args = (x, w_in, b_in, w_out, b_out)
+    if _no_backward(impl, x, *args[1:], expert_weight):
+        impl = "torch"  # the Triton kernels have no backward: train through the torch path
     if _use_triton(impl, x):
         from .triton_moe import moe_ffn_triton  # imports triton: only on this path
 
@@ -85,12 +104,15 @@ def sparse_ffn(x, w_in, b_in, w_out_t, b_out, neuron_idx, activation="gelu", *, 
     _check_shape("w_out_t", w_out_t, (d_ff, d))
     _check_shape("b_in", b_in, (d_ff,))
     _check_shape("b_out", b_out, (d,))
+    _check_dtypes(x, w_in, b_in, w_out_t, b_out)
     if neuron_idx.dim() != 1 or neuron_idx.dtype.is_floating_point:
         raise ValueError("neuron_idx must be a 1-D integer tensor")
     if neuron_idx.numel():
         lo, hi = torch.aminmax(neuron_idx)
         if int(lo) < 0 or int(hi) >= d_ff:  # the kernels would read out of bounds
             raise ValueError(f"neuron_idx must lie in [0, {d_ff})")
+    if _no_backward(impl, x, w_in, b_in, w_out_t, b_out):
+        impl = "torch"
     if impl == "triton" or (impl == "auto" and x.is_cuda and x.shape[0] <= SPARSE_TRITON_MAX_TOKENS):
         from .triton_sparse import sparse_ffn_triton
 

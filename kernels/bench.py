@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--routing-file", help="a torch.save'd (N, k) expert_idx tensor (or dict with 'expert_idx') "
                    "taken from a MoEfied model; adds a 'file' routing for the expert count it fits")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, i.e. all cores)")
     p.add_argument("--quick", action="store_true", help="fp32, T 512 and 4096, 25%% active, uniform routing")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
@@ -229,7 +230,10 @@ def format_row(r):
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args)
     return 0
 
 

@@ -79,6 +79,10 @@ def save_cache(device_name: str, version: str, configs: dict) -> None:
     os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
 
 
+# (device name, triton version, key) -> config: the JSON file is read once per key and process
+_MEMO: dict = {}
+
+
 def autotune_enabled() -> bool:
     return os.environ.get("PLM_KERNELS_AUTOTUNE", "1").lower() not in ("0", "false", "no", "off")
 
@@ -91,8 +95,12 @@ def pick_config(key: str, candidates, run, *, device_name: str, version: str, ti
     """
     if len(candidates) == 1:
         return candidates[0]
+    memo_key = (device_name, version, key)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
     cache = load_cache(device_name, version)
     if key in cache and cache[key] in candidates:
+        _MEMO[memo_key] = cache[key]
         return cache[key]
     timings = []
     for cfg in candidates:
@@ -106,4 +114,5 @@ def pick_config(key: str, candidates, run, *, device_name: str, version: str, ti
     cache = load_cache(device_name, version)  # re-read: another process may have added keys
     cache[key] = best
     save_cache(device_name, version, cache)
+    _MEMO[memo_key] = best
     return best

@@ -59,4 +59,12 @@ def relaunch_under_torchrun(hw: HardwareConfig, overrides: list[str]) -> int:
         raise UserError(f"hardware={hw.name}: no GPUs found for torchrun; use hardware=cpu or hardware=gpu")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "runner", *overrides]
-    return subprocess.call(cmd)
+    # Under SLURM the pre-timeout signal (USR2) reaches every process of the job step, and its default
+    # action would kill torchrun and the ranks at once: they ignore it, this process handles it (requeue).
+    return subprocess.call(cmd, preexec_fn=_ignore_requeue_signal)
+
+
+def _ignore_requeue_signal() -> None:
+    import signal
+
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)

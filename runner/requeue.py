@@ -1,6 +1,6 @@
 """Save a checkpoint and requeue when SLURM says time is up (or the job is preempted).
 
-How a submitit job ends early, step by step (hydra/launcher=slurm or local, runner/launchers.py):
+How a submitit job ends early, step by step (hydra/launcher=slurm or local, hydra_plugins/plm_runner/launchers.py):
 
 1. SLURM sends the job's tasks SIGUSR2 `signal_delay_s` before the time limit (`--signal`), or on
    preemption when the cluster is set up to (submitit's docs/checkpointing.md); `scancel --signal=USR2 <id>`
@@ -65,6 +65,7 @@ class SignalGuard:
         self.original = None
         self._timer: threading.Timer | None = None
         self._main = threading.main_thread().ident
+        self._done = False
 
     def __enter__(self) -> SignalGuard:
         import submitit
@@ -76,11 +77,14 @@ class SignalGuard:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._done = True  # a signal still in flight from the timer must not interrupt the way out
         if self._timer is not None:
             self._timer.cancel()
         signal.signal(self.signum, self.original)
 
     def _on_signal(self, signum, frame) -> None:
+        if self._done:
+            return
         if not stop_requested():
             request_stop()
             self._since = time.time()
@@ -96,6 +100,7 @@ class SignalGuard:
 
     def requeue(self) -> None:
         """Hand over to submitit's handler: checkpoint (same job, same overrides), requeue, exit."""
+        self._done = True
         if self._timer is not None:
             self._timer.cancel()
         if callable(self.original):

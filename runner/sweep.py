@@ -12,7 +12,7 @@ None (Optuna marks that trial failed). `SweepSummary` (hydra.callbacks.summary) 
 / failed at the end, each failure with its one-line error and run directory, and exits 1 if any failed.
 
     SequentialLauncher    hydra/launcher=sequential (hardware=cpu|gpu|multi_gpu): one job after another here
-    runner.launchers      hydra/launcher=local|slurm: submitit's launchers, plus save-and-requeue
+    hydra_plugins/plm_runner/launchers.py: the launcher classes Hydra instantiates (sequential, local, slurm)
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _task_config(config: DictConfig) -> DictConfig:
     return task_cfg
 
 
-def _main_metric(task_cfg: DictConfig, metrics: dict) -> float | None:
-    value = metrics.get(OmegaConf.select(task_cfg, "task.main_metric"))
+def _main_metric(config: DictConfig, metrics: dict) -> float | None:
+    value = metrics.get(OmegaConf.select(config, "task.main_metric", default=None))
     return float(value) if isinstance(value, int | float) else None
 
 
@@ -86,11 +86,14 @@ def plan(launcher: Launcher, job_overrides: Sequence[Sequence[str]], initial_job
             run_dir = Path(os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))))
             task_cfg = _task_config(config)
             plain = OmegaConf.to_container(task_cfg, resolve=True)
+        except Exception as e:  # launch it anyway: the job fails on the same error and reports it
+            log.warning("job #%d: its config does not resolve (%s: %s)", idx, type(e).__name__, e)
+            run_dir, task_cfg, plain = Path(os.path.abspath(str(config.hydra.sweep.dir))), None, {}
         finally:
             hydra_cfg.cfg = saved
         job = Job(idx, list(overrides), config, run_dir)
         rd = RunDir(run_dir)
-        if (rd.status == "completed" and not plain.get("force")
+        if (plain and rd.status == "completed" and not plain.get("force")
                 and rd.results.get("fingerprint") in (None, fingerprint(plain))):
             job.outcome = "skipped"
             job.value = _main_metric(task_cfg, rd.results.get("metrics") or {})
@@ -107,17 +110,17 @@ def settle(job: Job, ret: JobReturn | BaseException | None) -> None:
         exc = ret._return_value
     if rd.status == "completed" and exc is None:
         job.outcome = "completed"
-        job.value = _main_metric(_task_config(job.config), rd.results.get("metrics") or {})
+        job.value = _main_metric(job.config, rd.results.get("metrics") or {})
         return
     job.outcome = "failed"
-    if rd.status == "failed" and rd.results.get("error"):
-        job.error = str(rd.results["error"])
-    elif exc is not None:
+    if exc is not None:  # the task's exception, or the launcher's report of a job that died
         job.error = f"{type(exc).__name__}: {exc}"
+    elif rd.status == "failed" and rd.results.get("error"):  # a UserError, recorded by runner/run.py
+        job.error = str(rd.results["error"])
     else:
         job.error = f"the job ended with no completed results.json (status: {rd.status or 'none'})"
     job.error = (job.error.strip().splitlines() or ["?"])[0][:300]
-    log.error("failed: %s: %s (%s)", job.label, job.error, job.run_dir)
+    log.error("job #%d failed: %s", job.idx, job.error)
 
 
 def job_return(job: Job, ret: JobReturn | BaseException | None) -> JobReturn:
@@ -177,13 +180,27 @@ class SequentialLauncher(Launcher):
         return rets
 
 
+def swept(jobs: list[Job]) -> Callable[[Job], str]:
+    """A short label for each job: only the overrides whose value differs between the sweep's jobs."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for o in filter_overrides(job.overrides):
+            key, _, value = o.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = {k for k, v in values.items() if len(v) > 1 or sum(k == o.partition("=")[0] for j in jobs
+                                                                  for o in j.overrides) < len(jobs)}
+    return lambda job: " ".join(o for o in filter_overrides(job.overrides) if o.partition("=")[0] in varying) \
+        or job.label
+
+
 def summary(jobs: list[Job]) -> str:
     count = {k: sum(j.outcome == k for j in jobs) for k in ("completed", "skipped", "failed")}
     lines = [f"sweep summary: {count['completed']} completed, {count['skipped']} skipped (already completed), "
              f"{count['failed']} failed, of {len(jobs)} jobs"]
+    label = swept(jobs)
     for job in jobs:
         if job.outcome == "failed":
-            lines += [f"  failed: {job.label}", f"    error: {job.error}", f"    run directory: {job.run_dir}"]
+            lines += [f"  failed: {label(job)}", f"    error: {job.error}", f"    run directory: {job.run_dir}"]
     return "\n".join(lines)
 
 

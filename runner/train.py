@@ -83,7 +83,7 @@ class StopOnRequest(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if requeue.stop_requested():
-            raise requeue.Requeue(f"stopped at step {state.global_step} on SLURM's signal; checkpoint saved")
+            raise requeue.Requeue(f"stopped at step {state.global_step} on the requeue signal; checkpoint saved")
 
 
 def collator(tokenizer, mlm: bool, mlm_probability: float = 0.15):

@@ -53,3 +53,24 @@ TINY_SST2 = [
     "task.max_length=32", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64",
     "train.logging_steps=5", "train.save_steps=8", "train.lr=1e-3",
 ]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM (tests/slurm_cluster.py) for the `slurm` tests, started once per session and
+    stopped by PID afterwards; skips with the reason when the daemons cannot be installed or started."""
+    import shutil
+    import tempfile
+
+    from tests.slurm_cluster import LocalSlurm
+
+    root = Path(tempfile.mkdtemp(prefix="plm-slurm-"))  # not under pytest's 0700 tmp: munged must reach it
+    cluster = LocalSlurm(root)
+    reason = cluster.start()
+    if reason:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(reason)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)

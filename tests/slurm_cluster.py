@@ -150,6 +150,14 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
     # ---- stop --------------------------------------------------------------------------------------
     def stop(self, timeout: float = 15) -> None:
         """Stop slurmd, slurmctld and munged by the PIDs in their pid files (SIGTERM, then SIGKILL)."""
+        if self.pid_files["slurmctld"].exists():  # this cluster's jobs first, so no job process outlives it
+            try:
+                self.run("scancel", "--user", "root", timeout=10)
+                deadline = time.time() + timeout
+                while self.jobs() and time.time() < deadline:
+                    time.sleep(0.2)
+            except (OSError, subprocess.SubprocessError):
+                pass
         for name in ("slurmd", "slurmctld", "munged"):
             path = self.pid_files[name]
             try:

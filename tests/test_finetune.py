@@ -62,3 +62,11 @@ def test_a_failed_run_is_never_marked_completed(tmp_path, shared_data):
     assert out.returncode != 0
     r = results(tmp_path)
     assert r["status"] == "failed" and "no_such_schedule" in r["error"]
+
+
+def test_wandb_logger_runs_offline_into_the_run_directory(tmp_path, shared_data):
+    out = run_cli(*TINY_SST2, "task.max_train_samples=32", "logger=wandb", f"data_dir={shared_data}",
+                  f"paths.output_root={tmp_path}", env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"

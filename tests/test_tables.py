@@ -12,6 +12,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.tables import make_table
+from runner.tables.__main__ import main as cli_main
 from runner.tables.collect import MISSING, collect, lookup
 from runner.tables.expected import read_expected
 from runner.tables.table import recipe_roots
@@ -37,7 +38,7 @@ def write_run(root: Path, seed: int, metrics: dict | None = None, status: str = 
 
 def recipe(tmp_path: Path, rows: list[str], header: str = HEADER) -> Path:
     folder = tmp_path / "recipe"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "expected.csv").write_text("\n".join([header, *rows]) + "\n")
     return folder
 
@@ -87,16 +88,20 @@ def test_missing_cell_shows_the_command_that_fills_it(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs, 1, {"accuracy": 0.9})
     folder = recipe(tmp_path, [
-        "STS-B,glue/stsb,minilm,finetune,pearson,88.0,,1.0,,,experiment=finetune/stsb data_dir=../shared/data",
+        "STS-B,glue/stsb,minilm,finetune,pearson,88.0,,1.0,,,+experiment=finetune/stsb data_dir=../shared/data",
         "MRPC,glue/mrpc,minilm,,accuracy,85.0,,1.0,,,"])
     table = make_table(folder, runs=[runs], write=False)
     stsb, mrpc = table.lines
     assert stsb.status == mrpc.status == "missing" and stsb.mean is None
-    assert "missing: `python -m runner -m experiment=finetune/stsb data_dir=../shared/data`" in table.markdown
+    assert "missing: `python -m runner -m +experiment=finetune/stsb data_dir=../shared/data`" in table.markdown
     assert mrpc.command == "python -m runner -m task=glue/mrpc model=minilm"  # settings -> group overrides
     assert table.problems == [stsb, mrpc]
     # The SST-2 run matches no row: it is still listed, under the table.
     assert "Settings found but not in expected.csv" in table.markdown and table.others[0].n == 1
+    # A row whose runs exist but whose metric path finds nothing says so (not "missing").
+    typo = recipe(tmp_path / "typo", ["typo,glue/sst2,minilm,,ratios.0.5.accuracy,85.0,,1.0,,,"])
+    table = make_table(typo, runs=[runs], write=False)
+    assert table.lines[0].status == "metric not found" and "**metric not found**" in table.markdown
 
 
 def test_failed_and_running_runs_are_excluded_and_counted(tmp_path):
@@ -140,6 +145,13 @@ def test_relative_rows_use_our_own_reference_run_per_seed(tmp_path):
         assert line.absolute == pytest.approx(0.785)
     assert "finetune/glue/sst2/bert-base" in other.reference
     assert none.status == "no reference" and none.mean is None
+    # Reference runs with other seeds than ours: one ratio of the means, no spread.
+    write_run(runs, 7, {"accuracy": 0.5}, model="bert-base", task="glue/stsb")
+    write_run(runs, 8, {"accuracy": 0.4}, model="bert-base", task="glue/stsb", method="moefication")
+    folder = recipe(tmp_path / "b", ["x,glue/stsb,bert-base,moefication,,accuracy,,,method.name=finetune"],
+                    header=header)
+    (line,) = make_table(folder, runs=[runs], write=False).lines
+    assert line.mean == pytest.approx(80.0) and line.std is None and line.n == 1
     assert "% of ref" in table.markdown
 
 
@@ -231,7 +243,7 @@ def test_recipe_expected_rows_name_real_config_keys(folder):
             assert lookup(config, key) is not MISSING, f"{folder.name} line {row.line}: no config key {key}"
 
 
-def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data):
+def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data, capsys):
     runs = tmp_path / "runs"
     sweep = run_cli("-m", "model=tiny-bert", "task=glue/sst2", f"data_dir={shared_data}",
                     "task.max_train_samples=64", "task.max_eval_samples=32", "task.max_length=32",
@@ -247,5 +259,5 @@ def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data):
     assert "missing: `python -m runner -m task=glue/stsb model=tiny-bert method=finetune`" in shown.stdout
     rows = list(csv.DictReader(open(out / "recipe.csv")))
     assert rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2" and 0 <= float(rows[0]["mean"]) <= 100
-    check = run_cli(str(folder), "--runs", str(runs), "--no-write", "--check", module="runner.tables", timeout=120)
-    assert check.returncode == 1 and "check failed: 1 row(s)" in check.stderr
+    assert cli_main([str(folder), "--runs", str(runs), "--no-write", "--check"]) == 1
+    assert "check failed: 1 row(s)" in capsys.readouterr().err

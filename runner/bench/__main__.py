@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"trainer": "runner.bench.trainer"}
+BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe"}
 
 
 def main(argv: list[str]) -> int:

@@ -98,6 +98,8 @@ def main(argv: list[str]) -> int:
         "task=glue/sst2", f"data_dir={Path(a.data_dir).resolve()}", f"task.max_train_samples={a.train_samples}",
         f"task.max_length={a.max_length}", f"train.batch_size={a.batch_size}", f"train.lr={a.lr}",
         "train.epochs=1", "train.eval_batch_size=128", "train.save_steps=200", f"seed={a.seed}",
+        # The bare script's AutoModelForSequenceClassification pools with [CLS]: same model on both sides.
+        "model.pooling=cls",
     ]
     from runner.run import make_context
 

@@ -3,6 +3,7 @@
     model = pretrained backbone + task head
     freeze parameters by name pattern (optional)
     train with the HF Trainer (resumes from the run's last checkpoint), evaluate each epoch
+    k-shot tasks: evaluate the final model on the test split too
     save the final model for methods that build on it (MoEfication, distillation, pruning)
 """
 
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from runner.errors import UserError
+from runner.evaluation import evaluate
 from runner.train import fit
 
 
@@ -47,7 +49,10 @@ def run(ctx) -> dict:
     model = ctx.new_model()
     select_trainable(model, cfg.freeze, cfg.trainable)
     result = fit(ctx, model)
+    out = {"metrics": result["last"], "best": result["best"], "train": result["train"]}
+    if "test" in ctx.data:  # k-shot tasks: the original validation split is the test set (LM-BFF)
+        out["test"] = evaluate(ctx, model, ctx.data["test"])
     if cfg.save_model:
         model.save_pretrained(ctx.path("model"))
         ctx.tokenizer.save_pretrained(ctx.path("model"))
-    return {"metrics": result["last"], "best": result["best"], "train": result["train"]}
+    return out

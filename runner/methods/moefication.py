@@ -232,6 +232,8 @@ def report(ctx, dense: Stage, relu: Stage | None, experts: Stage, routers: Stage
         ratios[key] = {**m, "relative": relative, "eval_speedup": speed, "recall": routers.info["recall"][key]}
         metrics[f"{main}@{key}"] = m[main]
         metrics[f"relative@{key}"] = relative
+        if relu is not None and relu.info["after"][main]:
+            metrics[f"relative_relu@{key}"] = ratios[key]["relative_relu"] = m[main] / relu.info["after"][main]
         metrics[f"recall@{key}"] = routers.info["recall"][key]
     plot(ctx, ratios, base[main], relu.info["after"][main] if relu else None)
     print_table(ctx, ratios, base[main], experts.info)

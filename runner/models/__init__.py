@@ -29,6 +29,7 @@ class ModelConfig:
     package: str | None = None
     architecture: dict[str, Any] | None = field(default=None)
     tokenizer: str | None = None
+    pooling: str = "cls"
 
 
 def _package_path(package: str) -> Path | None:
@@ -84,8 +85,18 @@ def _auto_class(kind: str):
 
 
 def load_model(cfg: ModelConfig, kind: str = "classification", num_labels: int | None = None,
-               problem_type: str | None = None):
-    """A fresh model of the configured family with the head for `kind` (classification | mlm | base)."""
+               problem_type: str | None = None, path: str | None = None):
+    """A model of the configured family with the head for `kind` (classification | mlm | base): the
+    pretrained weights, or `path` (e.g. a finished run's <run dir>/model), with the configured pooling."""
+    model = _load(cfg, kind, num_labels, problem_type, path)
+    if kind == "classification":
+        from runner.models import arch
+
+        arch.set_pooling(model, cfg.pooling)
+    return model
+
+
+def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str | None, path: str | None):
     from transformers import AutoConfig
 
     if cfg.family not in FAMILIES:
@@ -93,7 +104,7 @@ def load_model(cfg: ModelConfig, kind: str = "classification", num_labels: int |
     head = {}
     if kind == "classification":
         head = {"num_labels": num_labels, "problem_type": problem_type}
-    path = weights_path(cfg)
+    path = path or weights_path(cfg)
     auto = _auto_class(kind)
     if path is None:
         arch = dict(cfg.architecture or {})

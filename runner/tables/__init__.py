@@ -8,7 +8,7 @@ Prints Markdown and writes <name>.md, <name>.csv (every number at full precision
 and one PNG per declared plot into --out (default: <the recipe's first output root>/tables/).
 
 Finding runs. A recipe folder holds experiment files (recipes/<paper>/<table>.yaml, selected with
-`experiment=<paper>/<table>`) that route their runs with `paths.output_root` (e.g.
+`+experiment=<paper>/<table>`) that route their runs with `paths.output_root` (e.g.
 `${oc.env:PLM_OUTPUT_ROOT,outputs}/<paper>`); the tool reads that key from every YAML of the folder and
 searches those roots (or the folders given with --runs) for results.json. Only status=completed runs
 count; failed, running and unreadable ones are counted, listed and excluded. Runs are grouped by setting =
@@ -38,7 +38,7 @@ expected.csv schema (one row per published number; `#` lines are comments; empty
     source      where the number is printed: paper, table/figure id (or repository file and commit).
     note        free text shown under the table (what differs from the paper's setting).
     command     arguments of `python -m runner -m` that produce the row's runs (e.g.
-                `experiment=finetune/stsb data_dir=../shared/data`); shown for missing cells. Default:
+                `+experiment=finetune/stsb data_dir=../shared/data`); shown for missing cells. Default:
                 the settings as overrides (model.name=x becomes model=x, likewise method and task).
     plot        name of a figure this row is a point of (one PNG per name).
     x           its x value: a number, or a dotted results.json path (e.g. parameters.trainable) whose

@@ -7,8 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.results import diff_keys
-from runner.tables.collect import MISSING, Collection, Group, Run, lookup, varying_keys
+from runner.tables.collect import MISSING, Collection, Group, Run, lookup, setting_diff, varying_keys
 from runner.tables.expected import Expected, default_scale, matches, parse_relative
 
 
@@ -83,7 +82,7 @@ def closest_group(groups: list[Group], to: dict[str, Any]) -> Group | None:
     """The candidate whose config differs from `to` in the fewest keys (the reference run of a setting)."""
     if not groups:
         return None
-    return min(groups, key=lambda g: (len(diff_keys(g.config, to)), g.label()))
+    return min(groups, key=lambda g: (len(setting_diff(g.config, to)), g.label()))
 
 
 def x_value(row: Expected, runs: list[Run]) -> float | None:
@@ -136,6 +135,8 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
         else:
             values = scaled(values, scale)
         line.mean, line.std, line.n = stats(list(values.values()))
+        if None in values:  # a ratio of means (no common seeds): n is still the number of our runs
+            line.n = len(group.values(row.metric))
         line.seeds = [s for s in values if s is not None] or group.seeds
         line.status = status(line)
         lines.append(line)

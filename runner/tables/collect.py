@@ -100,9 +100,18 @@ def read_results(file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"status": "unreadable"}
 
 
+# Top-level config keys that do not change a result (runner.results.fingerprint ignores them too).
+WHERE_KEYS = {"hardware", "logger", "paths", "force", "data_dir", "hydra"}
+
+
 def setting_of(config: dict[str, Any]) -> dict[str, Any]:
     """The config without the seed: what the runs of one table cell share."""
     return {k: v for k, v in config.items() if k != "seed"}
+
+
+def setting_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys that differ between two settings, leaving out where and how the runs ran."""
+    return [k for k in diff_keys(a, b) if k.split(".")[0] not in WHERE_KEYS and k != "train.dataloader_workers"]
 
 
 @dataclass
@@ -174,5 +183,5 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     """Dotted keys whose value differs among the configs (what tells several matching settings apart)."""
     keys: set[str] = set()
     for c in configs[1:]:
-        keys.update(diff_keys(configs[0], c))
+        keys.update(setting_diff(configs[0], c))
     return sorted(keys)

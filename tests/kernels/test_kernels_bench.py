@@ -1,5 +1,6 @@
 """`python -m kernels.bench` runs on CPU (tiny shapes here) and skips the Triton part without CUDA."""
 
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,6 @@ def test_quick_defaults():
 def test_cli_exits_zero_without_cuda():
     out = subprocess.run([sys.executable, "-m", "kernels.bench", "--shapes", "32x64", "--tokens", "8",
                           "--expert-sizes", "32", "--active", "0.5", "--routing", "uniform", "--repeats", "1"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
     assert "skipped: no CUDA device" in out.stdout

@@ -10,6 +10,7 @@ from kernels import configs
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PLM_KERNELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(configs, "_MEMO", {})
     return tmp_path
 
 
@@ -52,7 +53,10 @@ def test_pick_config_times_once_then_reads_the_cache(cache_dir):
     assert saved == {"triton": "3.9.0", "configs": {"moe:key": {"BLOCK_M": 64}}}
     calls.clear()
     assert configs.pick_config("moe:key", cands, run, **kw) == dict(BLOCK_M=64)
-    assert calls == []  # cache hit: nothing timed
+    assert calls == []  # in-process memo: nothing timed
+    configs._MEMO.clear()  # as in a new process
+    assert configs.pick_config("moe:key", cands, run, **kw) == dict(BLOCK_M=64)
+    assert calls == []  # read from the JSON file: nothing timed
     # another Triton version ignores the old choices
     configs.pick_config("moe:key", cands, run, **dict(kw, version="4.0.0"))
     assert len(calls) == 3

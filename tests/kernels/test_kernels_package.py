@@ -16,6 +16,7 @@ def test_import_has_no_side_effects():
         "print(sorted(m for m in ('torch', 'triton', 'kernels.api') if m in sys.modules))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "[]\n" and out.stderr == ""
@@ -29,7 +30,8 @@ def test_public_api_does_not_import_triton():
         "kernels.sparse_ffn(x, w[0], None, w[1], None, torch.tensor([0, 2]))\n"
         "print('triton' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "False\n"
 

@@ -72,6 +72,26 @@ def test_stage_timings_are_reported():
     assert all(v >= 0 for v in timings.values())
 
 
+@pytest.mark.parametrize("weights", [True, False], ids=["gated", "ungated"])
+def test_torch_path_gradients_match_reference(weights):
+    p = make_moe_problem(23, 24, 5, 8, 3, torch.float64, weights=weights, duplicates=True)
+    leaves = [t.requires_grad_() for t in moe_args(p) if t is not None and t.is_floating_point()]
+    probe = torch.randn(23, 24, dtype=torch.float64)
+    got = torch.autograd.grad((moe_ffn(*moe_args(p)) * probe).sum(), leaves)
+    want = torch.autograd.grad((moe_ffn_dense_oracle(*moe_args(p)) * probe).sum(), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_sparse_gradients_match_reference():
+    p = make_sparse_problem(4, 16, 40, 9, torch.float64)
+    leaves = [t.requires_grad_() for t in sparse_args(p) if t is not None and t.is_floating_point()]
+    got = torch.autograd.grad(sparse_ffn(*sparse_args(p)).square().sum(), leaves)
+    want = torch.autograd.grad(sparse_ffn_reference(*sparse_args(p)).square().sum(), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
 def test_zero_tokens():
     p = make_moe_problem(0, 16, 3, 8, 2)
     y = moe_ffn(*moe_args(p))
@@ -104,6 +124,8 @@ def test_bad_arguments_raise_value_error():
         moe_ffn(*moe_args(p), impl="cuda")
     with pytest.raises(ValueError, match="w_out"):
         moe_ffn(p["x"], p["w_in"], p["b_in"], p["w_out"][:, :4], p["b_out"], p["expert_idx"])
+    with pytest.raises(ValueError, match="dtype of x"):
+        moe_ffn(p["x"], p["w_in"].double(), p["b_in"], p["w_out"], p["b_out"], p["expert_idx"])
     with pytest.raises(ValueError, match="integer"):
         moe_ffn(p["x"], p["w_in"], p["b_in"], p["w_out"], p["b_out"], p["expert_idx"].float())
     with pytest.raises(ValueError, match="num_experts"):

@@ -124,3 +124,31 @@ def test_inputs_are_not_modified(reduce, fused):
     moe_ffn_triton(*moe_args(p), "gelu", reduce, config=_config(fused))
     for key, value in p.items():
         assert torch.equal(value, before[key]), key
+
+
+def test_forced_triton_refuses_autograd_and_auto_falls_back():
+    p = make_moe_problem(6, 32, 3, 16, 2)
+    p["x"].requires_grad_()
+    with pytest.raises(NotImplementedError, match="no backward"):
+        moe_ffn(*moe_args(p), impl="triton")
+    with torch.no_grad():
+        moe_ffn(*moe_args(p), impl="triton")  # fine without autograd
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("reduce", ["buffer", "atomic"])
+def test_bench_stage_launchers(fused, reduce):
+    # the benchmark's per-stage Triton timing (CUDA-only in the CLI) driven here with a CPU clock
+    from kernels import bench
+
+    p = make_moe_problem(20, 32, 4, 16, 2, weights=False)
+    calls = []
+
+    def time_one(fn):
+        calls.append(fn())
+        return 1.0
+
+    stages = bench.triton_stages(p["x"], p["w_in"], p["b_in"], p["w_out"], p["b_out"], p["expert_idx"], reduce,
+                                 _config(fused), time_one)
+    assert list(stages) == ["align", "gemm1+2" if fused else "gemm1"] + ([] if fused else ["gemm2"]) + ["reduce"]
+    assert_close_to(calls[-1], moe_ffn_dense_oracle(*moe_args(p)), torch.float32)

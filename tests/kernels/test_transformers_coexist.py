@@ -65,7 +65,7 @@ def test_fresh_process_import_does_not_touch_our_package():
         "m(input_ids=torch.zeros(1, 4, dtype=torch.long))\n"
         "print(transformers.utils.is_kernels_available(), 'kernels' in sys.modules)\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]

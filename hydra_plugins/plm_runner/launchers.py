@@ -1,9 +1,14 @@
-"""hydra-submitit-launcher's SLURM and local launchers with sweep resume, failure reports and requeue.
+"""plm-runner's launchers: sweep resume and failure reports on every one, requeue on submitit's.
 
-    hydra/launcher=slurm   (hardware=slurm)       one SLURM job array per sweep (conf/hydra/launcher/slurm.yaml)
-    hydra/launcher=local   (hardware=local_jobs)  each job a process on this machine (.../local.yaml)
+    hydra/launcher=sequential (hardware=cpu|gpu|multi_gpu)  jobs one after another in this process
+    hydra/launcher=slurm      (hardware=slurm)       one SLURM job array per sweep (conf/hydra/launcher/slurm.yaml)
+    hydra/launcher=local      (hardware=local_jobs)  each job a process on this machine (.../local.yaml)
 
-What they add to the plugin's launchers (hydra_submitit_launcher 1.2.0):
+The logic lives in runner/sweep.py and runner/requeue.py; Hydra only instantiates launcher classes
+defined under `hydra_plugins`, hence this module. It is imported at every start-up (plugin discovery):
+no torch, no submitit at import time.
+
+What the submitit ones add to hydra_submitit_launcher 1.2.0's launchers:
 - launch(): jobs whose results.json is completed are not submitted (runner/sweep.py), and a job that
   died (OOM-killed, node failure) is reported as failed instead of stopping the wait for the others;
 - __call__() (runs in the job): SLURM's pre-timeout / preemption signal saves a checkpoint at the next
@@ -14,18 +19,21 @@ What they add to the plugin's launchers (hydra_submitit_launcher 1.2.0):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn
-from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from runner import requeue, sweep
+
+try:  # the `slurm` extra (hydra-submitit-launcher); without it only the sequential launcher exists
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+except ImportError:  # pragma: no cover
+    plugin = None
 
 log = logging.getLogger("runner")
 
@@ -68,7 +76,7 @@ class _Resumable:
         submitted = executor.map_array(self, *zip(*args, strict=True))
         for job, sub in zip(jobs, submitted, strict=True):
             log.info("\t#%d %s job %s: %s -> %s", job.idx, self._EXECUTOR, sub.job_id, job.label,
-                     os.path.relpath(job.run_dir))
+                     job.run_dir)
         results: list[JobReturn | BaseException] = []
         for sub in submitted:
             try:
@@ -80,9 +88,14 @@ class _Resumable:
         return results
 
 
-class SlurmLauncher(_Resumable, plugin.SlurmLauncher):
-    """hydra/launcher=slurm."""
+class SequentialLauncher(sweep.SequentialLauncher):
+    """hydra/launcher=sequential."""
 
 
-class LocalLauncher(_Resumable, plugin.LocalLauncher):
-    """hydra/launcher=local."""
+if plugin is not None:
+
+    class SlurmLauncher(_Resumable, plugin.SlurmLauncher):
+        """hydra/launcher=slurm."""
+
+    class LocalLauncher(_Resumable, plugin.LocalLauncher):
+        """hydra/launcher=local."""

@@ -1,0 +1,227 @@
+"""Inference speed of MoEfied FFNs vs dense, CPU torch path (kernels.moe_ffn), side by side in one process.
+
+    python -m runner.bench moe [--threads 2] [--repeats 7] [--out outputs/bench/moe] [--quick]
+
+Two measurements, each at every share of experts (--ratios) and expert size (--sizes), for one sentence
+(1 x 64 tokens) and a batch (32 x 128 = 4,096 tokens):
+  layer  one FFN of BERT-base shape (768 / 3072, GELU): dense Linear-GELU-Linear vs MoEFFN (router + experts)
+  model  the whole MiniLM classifier (6 layers, 384 / 1536; offline weights, random weights if absent),
+         dense vs the same weights MoEfied in every layer (random balanced split, mlp router: routing is in
+         the timed path; the split does not change the cost, the router's choices do only through balance)
+All variants run in one loop, one call each per repetition (interleaved, so load on a shared machine hits
+all alike); the figure is median dense time / median MoE time. Prints one table per measurement and
+writes moe.json and moe.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+LAYER_SHAPE = (768, 3072)  # BERT-base d_model, d_ff
+SHAPES = {"1x64": (1, 64), "32x128": (32, 128)}
+
+
+def timed(fn, calls: int = 1) -> float:
+    """Seconds per call of fn, over `calls` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05) -> dict[str, float]:
+    """Median seconds per call of each variant {name: (prepare, fn)}. Each repetition runs every variant
+    once, after its untimed prepare() (e.g. setting k). The first repetition is a warm-up that also picks how
+    many back-to-back calls make one sample (>= min_seconds, so millisecond calls are not timer noise)."""
+    samples = {name: [] for name in variants}
+    calls = {}
+    for rep in range(repeats + 1):
+        for name, (prepare, fn) in variants.items():
+            prepare()
+            if rep == 0:
+                calls[name] = max(1, math.ceil(min_seconds / max(timed(fn), 1e-6)))
+            else:
+                samples[name].append(timed(fn, calls[name]))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def nothing() -> None:
+    pass
+
+
+def moe_from_linears(w_in, b_in, w_out, b_out, size: int, seed: int):
+    """An MoEFFN of `size`-neuron experts (random split, mlp router) from dense weights."""
+    import torch
+
+    from runner.moe import router, split
+    from runner.moe.module import MoEFFN
+
+    d_ff, d = w_in.shape
+    experts = d_ff // size
+    groups = split.random_split(d_ff, experts, seed)
+    perm = groups.flatten()
+    r = router.build("mlp", w_in, groups)
+    return MoEFFN(w_in[perm].view(experts, size, d), b_in[perm].view(experts, size),
+                  w_out[:, perm].t().reshape(experts, size, d), b_out, "gelu", torch.nn.GELU(), r, experts)
+
+
+def bench_layer(a) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from runner.moe.router import active_experts
+
+    d, d_ff = LAYER_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    w_in, w_out = torch.randn(d_ff, d, generator=gen) * 0.02, torch.randn(d, d_ff, generator=gen) * 0.02
+    b_in, b_out = torch.zeros(d_ff), torch.zeros(d)
+    modules = {m: moe_from_linears(w_in, b_in, w_out, b_out, m, 0) for m in a.sizes if d_ff % m == 0}
+    out = {}
+    for shape, (b, t) in SHAPES.items():
+        x = torch.randn(b * t, d, generator=gen)
+        variants = {"dense": (nothing, lambda x=x: F.linear(F.gelu(F.linear(x, w_in, b_in)), w_out, b_out))}
+        for m, mod in modules.items():
+            for ratio in a.ratios:
+                k = active_experts(mod.num_experts, ratio)
+                variants[f"m{m}@{ratio}"] = (lambda mod=mod, k=k: setattr(mod, "k", k), lambda mod=mod, x=x: mod(x))
+        with torch.no_grad():
+            out[shape] = interleaved(variants, a.repeats)
+        print(f"  layer {shape}: done")
+    return out
+
+
+def load_minilm():
+    import torch
+    import yaml
+
+    from runner.errors import UserError
+    from runner.models import ModelConfig, load_model
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "model" / "minilm.yaml"
+    cfg = ModelConfig(**yaml.safe_load(conf.read_text()))
+    try:
+        return load_model(cfg, "classification", num_labels=2).eval(), "pretrained"
+    except (UserError, OSError):
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+        return BertForSequenceClassification(config).eval(), "random init (MiniLM shape)"
+
+
+def bench_model(a) -> tuple[dict, str]:
+    import torch
+
+    from runner.models import arch
+    from runner.moe import module, router, split
+
+    dense, origin = load_minilm()
+    d_ff = arch.ffn_width(dense)
+    moefied = {}
+    for m in a.sizes:
+        if d_ff % m:
+            print(f"  model: skipping expert size {m} (does not divide {d_ff})")
+            continue
+        model = copy.deepcopy(dense)
+        ffns = arch.ffns(model)
+        groups = {f.name: split.random_split(d_ff, d_ff // m, f.index) for f in ffns}
+        routers = {f.name: router.build("mlp", f.w_in.weight, groups[f.name]) for f in ffns}
+        module.moefy(model, ffns, groups, routers)
+        moefied[m] = model
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for shape, (b, t) in SHAPES.items():
+        batch = {"input_ids": torch.randint(1000, 29000, (b, t), generator=gen),
+                 "attention_mask": torch.ones(b, t, dtype=torch.long)}
+        variants = {"dense": (nothing, lambda batch=batch: dense(**batch))}
+        for m, model in moefied.items():
+            for ratio in a.ratios:
+                variants[f"m{m}@{ratio}"] = (lambda model=model, ratio=ratio: module.set_ratio(model, ratio),
+                                             lambda model=model, batch=batch: model(**batch))
+        with torch.no_grad():
+            out[shape] = interleaved(variants, a.repeats)
+        print(f"  model {shape}: done")
+    return out, origin
+
+
+def table(title: str, times: dict, sizes: list[int], ratios: list[float]) -> list[str]:
+    lines = [f"\n{title}: speedup = dense time / MoE time (median); > 1 means MoE is faster"]
+    for shape, t in times.items():
+        lines.append(f"  {shape} tokens, dense {1000 * t['dense']:.2f} ms")
+        lines.append("    expert size | " + " | ".join(f"{100 * r:>5.0f}%" for r in ratios))
+        for m in sizes:
+            if f"m{m}@{ratios[0]}" in t:
+                cells = " | ".join(f"{t['dense'] / t[f'm{m}@{r}']:>5.2f}x" for r in ratios)
+                lines.append(f"    {m:>11} | {cells}")
+    return lines
+
+
+def plot(results: dict, sizes: list[int], ratios: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(kind, shape) for kind in ("layer", "model") if kind in results for shape in SHAPES]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (kind, shape) in zip(axes[0], panels, strict=True):
+        t = results[kind][shape]
+        for m in sizes:
+            if f"m{m}@{ratios[0]}" in t:
+                ax.plot(ratios, [t["dense"] / t[f"m{m}@{r}"] for r in ratios], "o-", label=f"{m} neurons")
+        ax.axhline(1, color="k", lw=1, ls="--")
+        ax.set_title(f"{'FFN layer 768/3072' if kind == 'layer' else 'MiniLM'}, {shape} tokens", fontsize=9)
+        ax.set_xlabel("share of experts per token")
+        ax.set_ylabel("speedup vs dense")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m runner.bench moe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads, fixed for every variant (default 1: on a shared 2-core machine "
+                        "OpenMP barriers of 2 threads make every small op of the expert loop wait)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per variant (after one warm-up)")
+    p.add_argument("--sizes", default="32,64,128,192,384", help="neurons per expert")
+    p.add_argument("--ratios", default="0.1,0.2,0.25,0.3,0.5,1.0", help="shares of experts per token")
+    p.add_argument("--only", choices=("layer", "model"), help="run one measurement")
+    p.add_argument("--quick", action="store_true", help="3 repeats, sizes 32,128,384, ratios 0.25,1.0")
+    p.add_argument("--out", default="outputs/bench/moe", help="folder for moe.json and moe.png")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.repeats, a.sizes, a.ratios = 3, "32,128,384", "0.25,1.0"
+    a.sizes = [int(s) for s in a.sizes.split(",")]
+    a.ratios = [float(r) for r in a.ratios.split(",")]
+    import torch
+
+    torch.set_num_threads(a.threads)
+    print(f"MoE vs dense, CPU torch path, {a.threads} threads, median of {a.repeats} interleaved calls")
+    results, origin = {}, None
+    if a.only in (None, "layer"):
+        results["layer"] = bench_layer(a)
+    if a.only in (None, "model"):
+        results["model"], origin = bench_model(a)
+    lines = []
+    if "layer" in results:
+        lines += table("FFN layer, BERT-base shape 768/3072 (router included)", results["layer"], a.sizes, a.ratios)
+    if "model" in results:
+        lines += table(f"whole MiniLM ({origin}), every FFN MoEfied, mlp router in the loop", results["model"],
+                       a.sizes, a.ratios)
+    print("\n".join(lines))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "moe.json").write_text(json.dumps({"threads": a.threads, "repeats": a.repeats, "sizes": a.sizes,
+                                              "ratios": a.ratios, "seconds": results, "model": origin}, indent=1))
+    plot(results, a.sizes, a.ratios, out / "moe.png")
+    print(f"\nwrote {out / 'moe.json'} and {out / 'moe.png'}")
+    return 0

@@ -1,0 +1,104 @@
+"""hardware=slurm on a real one-node SLURM that the test brings up itself (tests/slurm_cluster.py):
+a two-job array through the submitit launcher, SLURM's pre-timeout signal mid-training (the job saves a
+checkpoint, is requeued, resumes from it and completes), then a re-launch that submits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slurm
+
+# 320 rows / batch 8 = 40 steps: long enough to be signalled mid-training. save_steps=1000: no periodic
+# checkpoint, so a checkpoint in the run directory can only come from the signal.
+ARGS = [
+    "model=tiny-bert", "task=glue/sst2", "task.max_train_samples=320", "task.max_eval_samples=32",
+    "task.max_length=32", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=32",
+    "train.logging_steps=5", "train.save_steps=1000", "train.lr=1e-3",
+    "hardware=slurm", "hardware.device=cpu", "hardware.num_gpus=0", "hardware.threads=1",
+    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=20",
+]
+
+
+def _progress(err_file: Path) -> int:
+    """The training step tqdm last reported in a job's stderr (0 before training)."""
+    try:
+        steps = re.findall(r"(\d+)/40 \[", err_file.read_text(errors="replace"))
+    except OSError:
+        return 0
+    return max(map(int, steps), default=0)
+
+
+def _wait(proc: subprocess.Popen, cluster, until, timeout: float, what: str):
+    """Poll until `until()` is truthy; meanwhile start requeued jobs now (SLURM holds a requeued job
+    for ~2 minutes by default: its BeginTime)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = until()
+        if value:
+            return value
+        for line in cluster.run("squeue", "-h", "-t", "PD", "-o", "%i %r").stdout.splitlines():
+            job, reason = line.split()
+            if reason == "BeginTime":
+                cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {what}; jobs: {cluster.jobs()}")
+
+
+def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, tmp_path):
+    cluster = slurm_cluster
+    root = tmp_path / "out"
+    args = ["-m", *ARGS, f"data_dir={shared_data}", f"paths.output_root={root}", "seed=1,2"]
+    env = {**os.environ, **cluster.env}
+    log_path = tmp_path / "sweep.log"
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        submitit = root / ".submitit"
+        # The array's first task (seed=1) is training: send what SLURM sends signal_delay_s before the limit.
+        task0 = _wait(proc, cluster, lambda: next(submitit.glob("*_0"), None) if submitit.exists() else None, 120,
+                      "the array to be submitted")
+        array_task = task0.name
+        _wait(proc, cluster, lambda: _progress(task0 / f"{array_task}_0_log.err") >= 2, 180, "training to start")
+        signal = cluster.run("scancel", "--signal=USR2", array_task)
+        assert signal.returncode == 0, signal.stderr
+        _wait(proc, cluster, lambda: proc.poll() is not None, 300, "the sweep to finish")
+    elapsed = time.time() - t0
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-4000:]
+    assert "sweep summary: 2 completed, 0 skipped (already completed), 0 failed, of 2 jobs" in out
+
+    runs = {p.parent.name: p.parent for p in root.rglob("results.json")}
+    first = json.loads((runs["seed1"] / "results.json").read_text())
+    second = json.loads((runs["seed2"] / "results.json").read_text())
+    assert first["status"] == "completed" and first["attempts"] == 2, first.get("error")
+    assert second["status"] == "completed" and second["attempts"] == 1
+    run_log = (runs["seed1"] / "run.log").read_text()
+    assert "caught SIGUSR2: saving a checkpoint at the next step" in run_log
+    saved = re.search(r"requeueing: stopped at step (\d+) on the requeue signal; checkpoint saved", run_log)
+    assert saved, run_log[-3000:]
+    step = int(saved.group(1))
+    assert 2 <= step < 40
+    # The requeued job found its run directory and resumed from the checkpoint the signal saved.
+    assert f"resuming from {runs['seed1']}/checkpoints/checkpoint-{step}" in run_log
+    assert "Requeued job" in (task0 / f"{array_task}_0_log.out").read_text()
+
+    # Sweep resume: the same sweep again submits nothing and reports both as skipped.
+    before = {p.name for p in submitit.iterdir()}
+    again = run_cli(*args, env=cluster.env, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped: already completed") == 2
+    assert "sweep summary: 0 completed, 2 skipped (already completed), 0 failed, of 2 jobs" in again.stdout
+    assert {p.name for p in submitit.iterdir()} == before and not cluster.jobs()
+    print(f"array with requeue: {elapsed:.1f} s")
