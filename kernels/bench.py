@@ -8,6 +8,7 @@ over --repeats runs on CPU and triton.testing.do_bench medians on CUDA; speedup 
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, i.e. all cores)")
     p.add_argument("--quick", action="store_true", help="fp32, T 512 and 4096, 25%% active, uniform routing")
+    p.add_argument("--baselines", action="store_true",
+                   help="also time two plain per-expert loops (fresh tensors; one k-fold replicated gather)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -111,6 +114,30 @@ def dense_ffn(x, w1, b1, w2, b2):
     return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
 
 
+def loop_fresh(x, w_in, b_in, w_out, b_out, idx):
+    """Baseline: the obvious per-expert loop, every gather and GEMM into a fresh tensor."""
+    y = torch.zeros_like(x)
+    for e in range(w_in.shape[0]):
+        tok = torch.nonzero(idx == e, as_tuple=True)[0]
+        y.index_add_(0, tok, F.gelu(F.linear(x[tok], w_in[e], b_in[e])) @ w_out[e])
+    return y + b_out
+
+
+def loop_replicated(x, w_in, b_in, w_out, b_out, idx):
+    """Baseline: one k-fold replicated gather of x in expert order, then per-expert slices."""
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    tokens = order // idx.shape[1]
+    xs = x[tokens]
+    y = torch.zeros_like(x)
+    start = 0
+    for e, n in enumerate(torch.bincount(flat, minlength=w_in.shape[0]).tolist()):
+        h = F.gelu(F.linear(xs[start:start + n], w_in[e], b_in[e]))
+        y.index_add_(0, tokens[start:start + n], h @ w_out[e])
+        start += n
+    return y + b_out
+
+
 def torch_stages(x, w_in, b_in, w_out, b_out, idx, repeats):
     """Per-stage ms of the torch path on CPU (synchronous ops: the in-loop clock is exact)."""
     best = {}
@@ -142,10 +169,13 @@ def triton_stages(x, w_in, b_in, w_out, b_out, idx, reduce, cfg, time_one):
     return stages
 
 
-def bench_row(x, w1, b1, w2, b2, w_in, b_in, w_out, idx, device, repeats):
+def bench_row(x, w1, b1, w2, b2, w_in, b_in, w_out, idx, device, repeats, baselines=False):
     """[(impl, ms, stages)] for the torch path and, on CUDA, the Triton path; plus the dense ms."""
     fns = {"dense": lambda: dense_ffn(x, w1, b1, w2, b2),
            "torch": lambda: moe_ffn_torch(x, w_in, b_in, w_out, b2, idx)}
+    if baselines:
+        fns["loop-fresh"] = lambda: loop_fresh(x, w_in, b_in, w_out, b2, idx)
+        fns["loop-replicated"] = lambda: loop_replicated(x, w_in, b_in, w_out, b2, idx)
     configs = {}
     if device == "cuda":
         from . import triton_moe as tm
@@ -157,6 +187,7 @@ def bench_row(x, w1, b1, w2, b2, w_in, b_in, w_out, idx, device, repeats):
             fns[name] = (lambda r=reduce, c=cfg: tm.run_with_config(x, w_in, b_in, w_out, b2, idx, None, 1, r, c))
     ms = measure(fns, device, repeats)
     results = [("torch", ms["torch"], torch_stages(x, w_in, b_in, w_out, b2, idx, repeats) if device == "cpu" else {})]
+    results += [(name, ms[name], {}) for name in ("loop-fresh", "loop-replicated") if name in ms]
     for name, (reduce, cfg) in configs.items():
         stages = triton_stages(x, w_in, b_in, w_out, b2, idx, reduce, cfg, lambda fn: measure({"s": fn}, device, 1)["s"])
         results.append((name, ms[name], stages))
@@ -167,7 +198,12 @@ def run(args, emit=print):
     device = args.device
     gen = torch.Generator().manual_seed(0)
     rows = []
-    emit(f"# device={device} threads={torch.get_num_threads()} repeats={args.repeats}; speedup = dense ms / moe ms")
+    load = f" load-average={os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    emit(f"# device={device} threads={torch.get_num_threads()} repeats={args.repeats}{load}; "
+         "speedup = dense ms / moe ms")
+    if device == "cpu" and load and os.getloadavg()[0] > (os.cpu_count() or 1) and "OMP_WAIT_POLICY" not in os.environ:
+        # measured: spinning OpenMP threads on a loaded machine slow the per-expert loop 3x or more
+        emit("# note: the machine is loaded; run with OMP_WAIT_POLICY=PASSIVE (see kernels/README.md)")
     emit("| shape | E x m | k (active) | T | dtype | routing | impl | dense ms | moe ms | speedup | vs torch path "
          "| route ms | stages ms |")
     emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -191,7 +227,7 @@ def run(args, emit=print):
                     for routing, idx, route_ms in routings(args, T, E, gen, device):
                         k = idx.shape[1]
                         dense_ms, results = bench_row(x, w1, b1, w2, b2, w_in, b_in, w_out, idx, device,
-                                                      args.repeats)
+                                                      args.repeats, args.baselines)
                         torch_ms = results[0][1]
                         for impl, ms, stages in results:
                             row = dict(shape=shape, E=E, m=m, k=k, active=k / E, T=T, dtype=dtype_name,

@@ -325,3 +325,13 @@ def test_base_run_reuses_a_finished_finetune_model(tmp_path, shared_data):
     assert (ctx.run_dir / "dense" / "model").resolve() == (base / "model").resolve()
     assert not (ctx.run_dir / "dense" / "checkpoints").exists()
     assert result["stages"]["dense"]["status"] == "computed" and "accuracy@0.25" in result["metrics"]
+
+
+@pytest.mark.slow
+def test_bench_moe_quick_layer_runs(tmp_path):
+    out = run_cli("moe", "--only", "layer", "--sizes", "384", "--ratios", "0.25,1.0", "--repeats", "1",
+                  "--out", str(tmp_path), module="runner.bench")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "384 |" in out.stdout and (tmp_path / "moe.png").exists()
+    data = json.loads((tmp_path / "moe.json").read_text())
+    assert set(data["seconds"]["layer"]["32x128"]) == {"dense", "m384@0.25", "m384@1.0"}

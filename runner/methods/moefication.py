@@ -368,13 +368,13 @@ def finished_model(ctx, base_run: str) -> Path:
 
 
 def load(ctx, model_dir: Path):
-    """A saved model of the configured family with the task's head (eval mode)."""
+    """A saved model of the configured family with the task's head and pooling (eval mode)."""
     from runner.models import load_model
 
-    cfg = dataclasses.replace(ctx.model_cfg, source=str(model_dir), package=None, architecture=None)
     task = ctx.task
     problem = "regression" if task.is_regression else "single_label_classification"
-    return load_model(cfg, ctx.model_kind, num_labels=task.num_labels, problem_type=problem).eval()
+    return load_model(ctx.model_cfg, ctx.model_kind, num_labels=task.num_labels, problem_type=problem,
+                      path=str(model_dir)).eval()
 
 
 def save(ctx, model, path: Path) -> None:

@@ -48,3 +48,15 @@ def test_cli_exits_zero_without_cuda():
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
     assert "skipped: no CUDA device" in out.stdout
+
+
+def test_baseline_loops_agree_with_the_torch_path():
+    from kernels_testlib import make_moe_problem
+
+    from kernels.torch_moe import moe_ffn_torch
+
+    p = make_moe_problem(30, 32, 6, 16, 3, bias=True)
+    want = moe_ffn_torch(p["x"], p["w_in"], p["b_in"], p["w_out"], p["b_out"], p["expert_idx"])
+    for fn in (bench.loop_fresh, bench.loop_replicated):
+        got = fn(p["x"], p["w_in"], p["b_in"], p["w_out"], p["b_out"], p["expert_idx"].long())
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
