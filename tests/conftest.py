@@ -74,3 +74,14 @@ def slurm_cluster():
     yield cluster
     cluster.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def safe_rglob(root: Path, pattern: str) -> list[Path]:
+    """rglob over a tree that a running job is changing (temp dirs renamed, checkpoints rotated):
+    a directory vanishing mid-walk means "look again", not an error."""
+    for _ in range(50):
+        try:
+            return list(root.rglob(pattern))
+        except FileNotFoundError:
+            continue
+    return []

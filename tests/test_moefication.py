@@ -20,7 +20,7 @@ import transformers as tf
 from runner.errors import UserError
 from runner.models import arch
 from runner.moe import collect, module, router, split
-from tests.conftest import ROOT, TINY_SST2, compose, run_cli
+from tests.conftest import ROOT, TINY_SST2, compose, run_cli, safe_rglob
 
 VOCAB = 100
 TINY = {
@@ -268,7 +268,7 @@ def test_killed_run_resumes_at_its_first_missing_stage_and_grid_cells_share_stag
     proc = subprocess.Popen([sys.executable, "-m", "runner", *common], cwd=ROOT, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(tmp_path.rglob("dense/done.json")):
+    while time.time() < deadline and proc.poll() is None and not safe_rglob(tmp_path, "dense/done.json"):
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before its dense stage was done"
     os.kill(proc.pid, signal.SIGKILL)

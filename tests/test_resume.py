@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT, TINY_SST2, run_cli
+from tests.conftest import ROOT, TINY_SST2, run_cli, safe_rglob
 
 ARGS = [*TINY_SST2, "task.max_train_samples=1024", "train.epochs=2", "train.save_steps=10"]
 
@@ -26,7 +26,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, shared_data):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        done = [p for p in root.rglob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        done = [p for p in safe_rglob(root, "checkpoint-*") if (p / "trainer_state.json").exists()]
         if any(int(p.name.split("-")[1]) >= 30 for p in done):
             break
         time.sleep(0.02)
