@@ -335,3 +335,29 @@ def test_bench_moe_quick_layer_runs(tmp_path):
     assert "384 |" in out.stdout and (tmp_path / "moe.png").exists()
     data = json.loads((tmp_path / "moe.json").read_text())
     assert set(data["seconds"]["layer"]["32x128"]) == {"dense", "m384@0.25", "m384@1.0"}
+
+
+def test_stages_resume_share_and_recompute_on_a_new_key(tmp_path):
+    from runner.moe.stages import DONE, Stages
+
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        (path / "artefact.txt").write_text("x")
+        return {"n": len(calls)}
+
+    a = Stages(tmp_path / "run-a", tmp_path / "cache", lambda msg: None)
+    first = a.run("dense", {"lr": 1}, build, share=True)
+    assert first.reused == "computed" and first.info["n"] == 1
+    # a run killed between done.json and the cache registration: the resume registers it
+    next((tmp_path / "cache" / "moefication").glob("dense-*")).unlink()
+    assert a.run("dense", {"lr": 1}, build, share=True).reused == "resumed" and len(calls) == 1
+    b = Stages(tmp_path / "run-b", tmp_path / "cache", lambda msg: None)
+    shared = b.run("dense", {"lr": 1}, build, share=True)
+    assert shared.reused == "shared" and shared.info["n"] == 1 and len(calls) == 1
+    assert (tmp_path / "run-b" / "dense").resolve() == (tmp_path / "run-a" / "dense").resolve()
+    # a new key recomputes and keeps the old artefacts aside
+    again = a.run("dense", {"lr": 2}, build, share=True)
+    assert again.reused == "computed" and len(calls) == 2 and (tmp_path / "run-a" / "dense" / DONE).exists()
+    assert len(list((tmp_path / "run-a").glob("dense.old-*"))) == 1

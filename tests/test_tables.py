@@ -233,12 +233,15 @@ def test_recipe_expected_rows_name_real_config_keys(folder):
     """Every setting column of a recipe's expected.csv exists in the config its command composes."""
     from omegaconf import OmegaConf
 
+    composed: dict[tuple[str, ...], dict] = {}  # rows of one table share a command: compose it once
     for row in read_expected(folder / "expected.csv"):
         args = shlex.split(row.fill_command().removeprefix("python -m runner -m "))
         # Sweeps (a=1,2) and where-to-run keys are for the launcher, not for composing one config.
-        overrides = [a for a in args if not a.startswith(("data_dir=", "seed=", "-"))
-                     and ("," not in a.partition("=")[2] or a.partition("=")[2].startswith("["))]
-        config = OmegaConf.to_container(compose(overrides), resolve=False)
+        overrides = tuple(a for a in args if not a.startswith(("data_dir=", "seed=", "-"))
+                          and ("," not in a.partition("=")[2] or a.partition("=")[2].startswith("[")))
+        if overrides not in composed:
+            composed[overrides] = OmegaConf.to_container(compose(list(overrides)), resolve=False)
+        config = composed[overrides]
         for key in row.settings:
             assert lookup(config, key) is not MISSING, f"{folder.name} line {row.line}: no config key {key}"
 

@@ -61,11 +61,14 @@ class Stages:
         done = _done(path, key_digest)
         if done is not None:
             self.log(f"stage {name}: already done in {path}")
+            if share and not path.is_symlink():  # a run killed between done.json and registering it
+                self._register(name, key_digest, path)
             return Stage(name, path, key_digest, done["info"], "resumed")
         with self._lock(name, key_digest) if share else contextlib.nullcontext():
             shared = self._shared(name, key_digest) if share else None
             if shared is not None:
                 self._clear(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.symlink_to(shared, target_is_directory=True)
                 self.log(f"stage {name}: reusing {shared} (stage cache)")
                 return Stage(name, path, key_digest, _done(shared, key_digest)["info"], "shared")
@@ -100,7 +103,7 @@ class Stages:
 
     def _register(self, name: str, key_digest: str, path: Path) -> None:
         entry = self._entry(name, key_digest)
-        if entry is None:
+        if entry is None or (entry.is_symlink() and entry.resolve() == path.resolve()):
             return
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
