@@ -264,3 +264,14 @@ def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data, capsys):
     assert rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2" and 0 <= float(rows[0]["mean"]) <= 100
     assert cli_main([str(folder), "--runs", str(runs), "--no-write", "--check"]) == 1
     assert "check failed: 1 row(s)" in capsys.readouterr().err
+
+
+def test_curve_y_axis_names_the_metric_not_one_point():
+    from types import SimpleNamespace
+
+    from runner.tables.plots import y_metric
+
+    per_ratio = [SimpleNamespace(metric=f"accuracy@{r}") for r in (0.1, 0.25, 1.0)]
+    assert y_metric(per_ratio) == "accuracy"
+    assert y_metric([SimpleNamespace(metric="pearson")] * 2) == "pearson"
+    assert y_metric([SimpleNamespace(metric="f1"), SimpleNamespace(metric="accuracy")]) == "metric"

@@ -22,6 +22,14 @@ def plot_all(lines: list[Line], out_dir: Path) -> list[Path]:
     return [plot_one(name, points, out_dir) for name, points in by_plot.items()]
 
 
+def y_metric(lines: list[Line]) -> str:
+    """The y axis name: the points' metric, or its stem when each x has its own key (accuracy@0.1,
+    accuracy@0.2, ... plot as "accuracy")."""
+    names = {line.metric for line in lines}
+    stems = {name.split("@")[0] for name in names}
+    return names.pop() if len(names) == 1 else stems.pop() if len(stems) == 1 else "metric"
+
+
 def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:
     import matplotlib
 
@@ -45,8 +53,9 @@ def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:
                     markerfacecolor="none", label=f"{label} (paper)")
     first = lines[0]
     ax.set_xlabel(first.x_label or "x")
-    ax.set_ylabel(f"{first.metric} (% of reference)" if first.relative_to else
-                  f"{first.metric}" + ("" if first.scale == 1 else f" ×{first.scale:g}"))
+    metric = y_metric(lines)
+    ax.set_ylabel(f"{metric} (% of reference)" if first.relative_to else
+                  f"{metric}" + ("" if first.scale == 1 else f" ×{first.scale:g}"))
     ax.set_title(name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
