@@ -45,6 +45,9 @@ def test_saved_model_reloads_with_the_same_function(tmp_path):
     x = torch.randint(1000, 2000, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=x).logits, again(input_ids=x).logits)
+    _, info = type(again).from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # the pooler's keys round-trip
+    assert not any(p.requires_grad for p in again.bert.pooler.parameters())
 
 
 def test_mean_pooling_is_refused_where_there_is_no_pooler():

@@ -360,9 +360,13 @@ class MeanPooler(nn.Module):
     as all-MiniLM-L6-v2) were trained for mean pooling, so their [CLS] vector carries little. The mask
     is read from the backbone's call by a pre-hook, since BertPooler only receives hidden states."""
 
-    def __init__(self):
+    def __init__(self, replaced: nn.Module | None = None):
         super().__init__()
         self._mask: Tensor | None = None
+        # The replaced pooler's weights stay, frozen and unused, so that a saved checkpoint keeps the
+        # family's keys and reloads without "newly initialized" warnings (and without DDP unused grads).
+        if replaced is not None:
+            self.dense = replaced.dense.requires_grad_(False)
 
     def capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
@@ -391,5 +395,5 @@ def set_pooling(model: nn.Module, mode: str) -> None:
                         "(use model.pooling=cls)")
     if isinstance(body.pooler, MeanPooler):
         return
-    body.pooler = MeanPooler()
+    body.pooler = MeanPooler(body.pooler)
     body.register_forward_pre_hook(body.pooler.capture_mask, with_kwargs=True)
