@@ -18,12 +18,14 @@ from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slurm
 
-# 320 rows / batch 8 = 40 steps: long enough to be signalled mid-training. save_steps=1000: no periodic
-# checkpoint, so a checkpoint in the run directory can only come from the signal.
+# 400 steps of batch 8: long enough to be signalled mid-training even on an idle machine, where a tiny
+# model runs ~100 steps a second (40 steps could end before the signal landed). save_steps=10000: no
+# periodic checkpoint, so a checkpoint in the run directory can only come from the signal.
+STEPS = 400
 ARGS = [
-    "model=tiny-bert", "task=glue/sst2", "task.max_train_samples=320", "task.max_eval_samples=32",
+    "model=tiny-bert", "task=glue/sst2", f"task.max_train_samples={STEPS * 8}", "task.max_eval_samples=32",
     "task.max_length=32", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=32",
-    "train.logging_steps=5", "train.save_steps=1000", "train.lr=1e-3",
+    "train.logging_steps=50", "train.save_steps=10000", "train.lr=1e-3",
     "hardware=slurm", "hardware.device=cpu", "hardware.num_gpus=0", "hardware.threads=1",
     "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=20",
 ]
@@ -32,7 +34,7 @@ ARGS = [
 def _progress(err_file: Path) -> int:
     """The training step tqdm last reported in a job's stderr (0 before training)."""
     try:
-        steps = re.findall(r"(\d+)/40 \[", err_file.read_text(errors="replace"))
+        steps = re.findall(rf"(\d+)/{STEPS} \[", err_file.read_text(errors="replace"))
     except OSError:
         return 0
     return max(map(int, steps), default=0)
@@ -89,12 +91,15 @@ def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, t
     saved = re.search(r"requeueing: stopped at step (\d+) on the requeue signal; checkpoint saved", run_log)
     assert saved, run_log[-3000:]
     step = int(saved.group(1))
-    assert 2 <= step < 40
+    assert 2 <= step < STEPS
     # The requeued job found its run directory and resumed from the checkpoint the signal saved.
     assert f"resuming from {runs['seed1']}/checkpoints/checkpoint-{step}" in run_log
     assert "Requeued job" in (task0 / f"{array_task}_0_log.out").read_text()
 
-    # Sweep resume: the same sweep again submits nothing and reports both as skipped.
+    # Sweep resume: the same sweep again submits nothing and reports both as skipped. The sweep returns
+    # once both results are in; SLURM may still be ending the requeued job's batch step, so first let
+    # the queue drain (otherwise a job left from the first launch would read as a new submission).
+    _wait(proc, cluster, lambda: not cluster.jobs(), 60, "the first launch's jobs to leave the queue")
     before = {p.name for p in submitit.iterdir()}
     again = run_cli(*args, env=cluster.env, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
