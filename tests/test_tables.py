@@ -166,6 +166,9 @@ def test_several_matching_settings_get_a_line_each(tmp_path):
     assert sorted((line.variant, line.mean) for line in table.lines) == [
         ("train.lr=0.0001", pytest.approx(80.0)), ("train.lr=5e-05", pytest.approx(90.0))]
     assert table.found.duplicates == 1 and "| variant |" in table.markdown
+    # A row's note is printed once, however many variants matched it.
+    noted = recipe(tmp_path / "noted", ["SST-2,glue/sst2,,,accuracy,90.0,,1.0,,,,8k sentences"], header=HEADER + ",note")
+    assert make_table(noted, runs=[runs], write=False).markdown.count("- SST-2: 8k sentences") == 1
 
 
 def test_csv_latex_and_png_are_written(tmp_path):
@@ -275,3 +278,11 @@ def test_curve_y_axis_names_the_metric_not_one_point():
     assert y_metric(per_ratio) == "accuracy"
     assert y_metric([SimpleNamespace(metric="pearson")] * 2) == "pearson"
     assert y_metric([SimpleNamespace(metric="f1"), SimpleNamespace(metric="accuracy")]) == "metric"
+
+
+def test_written_run_dirs_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from runner.tables.render import shown
+
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path.resolve() / "outputs" / "run" / "seed1") == "outputs/run/seed1"
+    assert shown("/elsewhere/run/seed1") == "/elsewhere/run/seed1"

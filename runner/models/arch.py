@@ -363,10 +363,13 @@ class MeanPooler(nn.Module):
     def __init__(self, replaced: nn.Module | None = None):
         super().__init__()
         self._mask: Tensor | None = None
-        # The replaced pooler's weights stay, frozen and unused, so that a saved checkpoint keeps the
-        # family's keys and reloads without "newly initialized" warnings (and without DDP unused grads).
+        # The replaced pooler's weights stay, unused, so that a saved checkpoint keeps the family's keys
+        # and reloads without "newly initialized" warnings. Buffers, not parameters: nothing (a method's
+        # freeze patterns, the optimizer, DDP, the trainable count) can take them for trainable weights.
         if replaced is not None:
-            self.dense = replaced.dense.requires_grad_(False)
+            self.dense = nn.Module()
+            for name, tensor in replaced.dense.named_parameters():
+                self.dense.register_buffer(name, tensor.detach())
 
     def capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")

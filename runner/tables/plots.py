@@ -26,8 +26,10 @@ def y_metric(lines: list[Line]) -> str:
     """The y axis name: the points' metric, or its stem when each x has its own key (accuracy@0.1,
     accuracy@0.2, ... plot as "accuracy")."""
     names = {line.metric for line in lines}
+    if len(names) == 1:
+        return names.pop()
     stems = {name.split("@")[0] for name in names}
-    return names.pop() if len(names) == 1 else stems.pop() if len(stems) == 1 else "metric"
+    return stems.pop() if len(stems) == 1 else "metric"
 
 
 def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:

@@ -75,7 +75,8 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     if relative:
         out += ["", "Relative rows (ours = 100 × our metric / our reference run's, per seed):"]
         out += [f"- {line.label}: reference {line.reference}; absolute {fmt(line.absolute, 4)}" for line in relative]
-    notes = [f"- {line.label}: {line.note}" for line in lines if line.note]
+    # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
+    notes = list(dict.fromkeys(f"- {line.label}: {line.note}" for line in lines if line.note))
     if notes:
         out += ["", "Notes:", *notes]
     if others:
@@ -85,7 +86,7 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     bad = [r for r in found.incomplete]
     if bad:
         out += ["", "Excluded runs (not completed):"]
-        out += [f"- {r.status}: {r.path}" + (f" — {str(r.results.get('error', ''))[:120]}" if r.results.get("error")
+        out += [f"- {r.status}: {shown(r.path)}" + (f" — {str(r.results.get('error', ''))[:120]}" if r.results.get("error")
                                              else "") for r in bad[:20]]
         if len(bad) > 20:
             out.append(f"- … and {len(bad) - 20} more")
@@ -116,8 +117,17 @@ def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
                 " ".join(map(str, line.seeds)), _num(line.paper), _num(line.delta), _num(line.tolerance),
                 int(line.flagged), line.status, line.relative_to, line.reference, _num(line.absolute), line.failed,
                 line.running, line.source, line.note, line.command if line.status == "missing" else "",
-                ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(line.run_dirs),
+                ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(map(shown, line.run_dirs)),
             ])
+
+
+def shown(path: str | Path) -> str:
+    """A run directory as written into tables: relative to the working directory when it is under it,
+    so that a table committed beside its recipe does not carry one machine's absolute paths."""
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _num(value: float | None) -> str:
