@@ -361,3 +361,23 @@ def test_stages_resume_share_and_recompute_on_a_new_key(tmp_path):
     again = a.run("dense", {"lr": 2}, build, share=True)
     assert again.reused == "computed" and len(calls) == 2 and (tmp_path / "run-a" / "dense" / DONE).exists()
     assert len(list((tmp_path / "run-a").glob("dense.old-*"))) == 1
+
+
+def test_shared_stages_survive_moving_the_output_tree(tmp_path):
+    """Stage links are relative: an outputs folder moved or copied whole keeps its shared stages."""
+    import shutil
+
+    from runner.moe.stages import Stages
+
+    def build(path):
+        (path / "artefact.txt").write_text("x")
+        return {}
+
+    old = tmp_path / "old"
+    Stages(old / "run-a", old / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
+    Stages(old / "run-b", old / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
+    shutil.move(old, tmp_path / "new")
+    new = tmp_path / "new"
+    assert (new / "run-b" / "dense" / "artefact.txt").read_text() == "x"
+    c = Stages(new / "run-c", new / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
+    assert c.reused == "shared" and c.path.resolve() == (new / "run-a" / "dense").resolve()

@@ -231,6 +231,18 @@ def recipe_dirs() -> list[Path]:
     return sorted(p.parent for p in (ROOT / "recipes").glob("*/expected.csv"))
 
 
+@pytest.mark.parametrize("folder", sorted(p for p in (ROOT / "recipes").iterdir() if any(p.glob("*.yaml"))),
+                         ids=lambda p: p.name)
+def test_recipe_runs_live_apart_from_plain_runs(folder, monkeypatch):
+    """A plain `python -m runner method=<m>` run lands in outputs/<m>/...; a recipe's root must not be (or hold)
+    such a folder, or its table would count every ad-hoc run of that method as one of its seeds."""
+    from runner.registry import METHODS
+
+    monkeypatch.delenv("PLM_OUTPUT_ROOT", raising=False)
+    assert recipe_roots(folder) == [Path("outputs/recipes") / folder.name]
+    assert "recipes" not in METHODS
+
+
 @pytest.mark.parametrize("folder", recipe_dirs(), ids=lambda p: p.name)
 def test_recipe_expected_rows_name_real_config_keys(folder):
     """Every setting column of a recipe's expected.csv exists in the config its command composes."""

@@ -354,7 +354,7 @@ def finished_model(ctx, base_run: str) -> Path:
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"method.base_run={base_run}: no readable results.json there; point it at a finetune "
-                        "run directory (outputs/finetune/.../seed42)") from None
+                        "run directory (outputs/finetune/<task>/<model>/.../seed42)") from None
     if results.get("status") != "completed":
         raise UserError(f"method.base_run={base_run}: that run is {results.get('status')}, not completed; "
                         "finish it first (re-run its command) or drop method.base_run")

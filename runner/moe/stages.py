@@ -39,6 +39,11 @@ def digest(key: Any) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _link(link: Path, target: Path) -> None:
+    """A relative symlink, so an output tree moved or copied as a whole (rsync from a cluster) keeps its links."""
+    link.symlink_to(os.path.relpath(target, link.parent.resolve()), target_is_directory=True)
+
+
 def _done(path: Path, key_digest: str) -> dict | None:
     try:
         done = json.loads((path / DONE).read_text())
@@ -69,7 +74,7 @@ class Stages:
             if shared is not None:
                 self._clear(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.symlink_to(shared, target_is_directory=True)
+                _link(path, shared)
                 self.log(f"stage {name}: reusing {shared} (stage cache)")
                 return Stage(name, path, key_digest, _done(shared, key_digest)["info"], "shared")
             if path.is_symlink() or (path / DONE).exists():  # a stale link or a stage of another key
@@ -109,7 +114,7 @@ class Stages:
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        tmp.symlink_to(path.resolve(), target_is_directory=True)
+        _link(tmp, path.resolve())
         os.replace(tmp, entry)
 
     @contextlib.contextmanager
