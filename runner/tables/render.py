@@ -86,8 +86,9 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     bad = [r for r in found.incomplete]
     if bad:
         out += ["", "Excluded runs (not completed):"]
-        out += [f"- {r.status}: {shown(r.path)}" + (f" — {str(r.results.get('error', ''))[:120]}" if r.results.get("error")
-                                             else "") for r in bad[:20]]
+        for r in bad[:20]:
+            error = str(r.results.get("error") or "")[:120]
+            out.append(f"- {r.status}: {shown(r.path)}" + (f" — {error}" if error else ""))
         if len(bad) > 20:
             out.append(f"- … and {len(bad) - 20} more")
     return "\n".join(out) + "\n"
