@@ -1,0 +1,1 @@
+"""Distillation's building blocks: losses (kd, tinybert, sinkd), layer maps, student construction."""
