@@ -8,6 +8,7 @@ Writing every gather and GEMM into one reused workspace (`out=` variants) makes 
 thousand rows keep x and y resident in L3 when T is large (16k: 476 -> 398 ms).
 """
 
+import itertools
 import time
 
 import torch
@@ -143,3 +144,167 @@ def sparse_ffn_torch(x, w_in, b_in, w_out_t, b_out, neuron_idx, activation="gelu
     if b_out is None:
         return h @ w2
     return torch.addmm(b_out, h, w2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Top-k inference path: what MoEFFN runs on CPU (each token lists k distinct experts, no gates, no grad).
+#
+# Measured on the 2-core dev CPU, MiniLM FFN (d 384, 48 experts of 32 neurons, k = 12), 1 thread:
+# - One sentence (64 tokens): the per-expert loop above issues ~5 ops per expert, ~240 per layer, and one
+#   small MKL GEMM costs ~10-25 us whatever its size: the loop is several times the dense FFN. A batched
+#   GEMM over experts (bmm, all experts' lists padded to the same length) runs ~5x more FLOPs per second on
+#   these shapes. Routing is far from balanced (at 25%, the busiest expert takes ~95% of the tokens, some
+#   none), so one common length would compute nearly the dense FFN; experts are instead cut into segments
+#   of SEGMENT consecutive experts, each padded to its own longest list (two bmm per segment). With the
+#   experts stored busiest first (MoEFFN.reorder_experts) the segments' lengths fall with the counts.
+# - A batch (4,096 tokens): padding would cost tens of MB of extra rows, while the loop's fixed costs are
+#   small next to its GEMMs, so the loop over experts stays, with reused workspaces.
+# - Both paths get each pair's place in its expert's token list from a cumulative sum over a (T, E)
+#   one-hot matrix (the rank of the token among the expert's tokens) instead of a stable argsort of T * k
+#   keys; tokens stay ascending inside an expert, as with the sort.
+
+SEGMENT = 8  # experts per padded segment
+
+
+def topk_ranks(expert_idx, num_experts):
+    """(idx int64 (T, k), rank (T, k), counts list of E ints): rank[t, s] = how many tokens before t chose
+    expert expert_idx[t, s]. Returns None when some token lists an expert twice (the one-hot then
+    undercounts)."""
+    T, k = expert_idx.shape
+    idx = expert_idx.long()
+    onehot = torch.zeros(T, num_experts, dtype=torch.long, device=idx.device).scatter_(1, idx, 1)
+    cum = onehot.cumsum_(0)
+    counts = cum[-1].tolist()
+    if sum(counts) != T * k:
+        return None
+    return idx, cum.gather(1, idx).sub_(1), counts
+
+
+def padded_layout(counts, segment=SEGMENT):
+    """The segmented padded layout of expert lists of lengths `counts`: (caps, each segment's longest list;
+    base, the first row of each expert; total rows). Plain Python: 48 numbers cost less than 15 tensor ops."""
+    caps, base, rows = [], [], 0
+    for s in range(0, len(counts), segment):
+        cap = max(counts[s:s + segment])
+        caps.append(cap)
+        for j in range(len(counts[s:s + segment])):
+            base.append(rows + j * cap)
+        rows += cap * len(counts[s:s + segment])
+    return caps, base, rows
+
+
+def moe_ffn_topk_torch(x, w_in, b_in, w_out, b_out, expert_idx, activation="gelu", *, w_in_t=None,
+                       padded_slack=32, segment=SEGMENT, chunk_tokens=DEFAULT_CHUNK_TOKENS, timings=None):
+    """moe_ffn for inference with top-k routing: y[t] = b_out + sum_s act(x[t] w_in[e]^T + b_in[e]) w_out[e],
+    e = expert_idx[t, s] (k distinct experts per token, gates 1). Same shapes as moe_ffn.
+
+    w_in_t: optional contiguous w_in.transpose(1, 2) (E, d, m); MKL's (b)mm runs ~1.3x faster on it than on
+    the transposed view.
+    padded_slack: the padded path runs when its padding adds at most this many rows per expert (the rows it
+    computes for nothing then cost less than the loop's per-expert ops); 0 forces the loop unless no row is
+    padding, a large value forces the padded path. segment: experts per padded segment.
+    Falls back to moe_ffn_torch for gradients, half types or a token listing an expert twice.
+    `timings` (a dict) receives seconds per stage: index, gather, gemm1, gemm2, reduce.
+    """
+    if (_needs_grad(x, w_in, b_in, w_out, b_out) or x.dtype not in (torch.float32, torch.float64)
+            or x.shape[0] == 0 or expert_idx.shape[1] == 0):
+        return moe_ffn_torch(x, w_in, b_in, w_out, b_out, expert_idx, None, activation, timings=timings)
+    if w_in_t is None:
+        w_in_t = w_in.transpose(1, 2)
+    T = x.shape[0]
+    chunk = max(1, min(chunk_tokens or T, T))
+    if chunk < T:
+        y = x.new_empty(x.shape)
+        for start in range(0, T, chunk):
+            y[start:start + chunk] = moe_ffn_topk_torch(
+                x[start:start + chunk], w_in, b_in, w_out, b_out, expert_idx[start:start + chunk], activation,
+                w_in_t=w_in_t, padded_slack=padded_slack, segment=segment, chunk_tokens=None, timings=timings)
+        return y
+    clock = _no_clock if timings is None else _StageClock(timings)
+    ranked = topk_ranks(expert_idx, w_in.shape[0])
+    if ranked is None:
+        return moe_ffn_torch(x, w_in, b_in, w_out, b_out, expert_idx, None, activation, timings=timings)
+    idx, rank, counts = ranked
+    caps, base, rows = padded_layout(counts, segment)
+    if rows <= idx.numel() + padded_slack * len(counts):
+        return _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment, activation, clock)
+    return _expert_loop(x, w_in_t, b_in, w_out, b_out, idx, rank, counts, activation, clock)
+
+
+def _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment, activation, clock):
+    """Segments of `segment` experts, each expert's token list padded to its segment's longest; two bmm per
+    segment, one gather, one activation and one index_add for all."""
+    T, d = x.shape
+    E, _, m = w_in_t.shape
+    k = idx.shape[1]
+    # dst[row] = the token of that row; padding rows -> T, a dummy output row
+    dst = torch.full((rows,), T, dtype=torch.long, device=x.device)
+    row = torch.tensor(base, device=x.device)[idx].add_(rank)
+    dst.scatter_(0, row.view(-1), torch.arange(T, device=x.device).repeat_interleave(k))
+    src = dst.clamp_max(T - 1)  # padding rows read some real token; their output goes to the dummy row
+    clock("index")
+    xp = x.index_select(0, src)
+    clock("gather")
+    h = x.new_empty(rows, m)
+    start = 0
+    for s, cap in enumerate(caps):
+        e0, e1 = s * segment, min(E, (s + 1) * segment)
+        n = (e1 - e0) * cap
+        if n == 0:
+            continue
+        xs, hs = xp[start:start + n].view(e1 - e0, cap, d), h[start:start + n].view(e1 - e0, cap, m)
+        if b_in is None:
+            torch.bmm(xs, w_in_t[e0:e1], out=hs)
+        else:
+            torch.baddbmm(b_in[e0:e1].unsqueeze(1), xs, w_in_t[e0:e1], out=hs)
+        start += n
+    apply_activation_(h, activation)
+    clock("gemm1")
+    yp = x.new_empty(rows, d)
+    start = 0
+    for s, cap in enumerate(caps):
+        e0, e1 = s * segment, min(E, (s + 1) * segment)
+        n = (e1 - e0) * cap
+        if n:
+            torch.bmm(h[start:start + n].view(e1 - e0, cap, m), w_out[e0:e1],
+                      out=yp[start:start + n].view(e1 - e0, cap, d))
+        start += n
+    clock("gemm2")
+    y = x.new_zeros(T + 1, d) if b_out is None else b_out.expand(T + 1, d).clone()
+    y.index_add_(0, dst, yp)  # rows in expert order: each token's terms are added in ascending expert id
+    clock("reduce")
+    return y[:T]
+
+
+def _expert_loop(x, w_in_t, b_in, w_out, b_out, idx, rank, counts, activation, clock):
+    """One expert at a time over its exact token list, every gather and GEMM into one reused workspace."""
+    T, d = x.shape
+    m = w_in_t.shape[2]
+    k = idx.shape[1]
+    starts = torch.tensor([0, *itertools.accumulate(counts[:-1])], device=x.device)
+    tokens = torch.empty(idx.numel(), dtype=torch.long, device=x.device)
+    tokens.scatter_(0, starts[idx].add_(rank).view(-1), torch.arange(T, device=x.device).repeat_interleave(k))
+    y = x.new_zeros(T, d) if b_out is None else b_out.expand(T, d).clone()
+    rows = max(counts)
+    ws_x, ws_h, ws_y = x.new_empty(rows, d), x.new_empty(rows, m), x.new_empty(rows, d)
+    clock("index")
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        tok = tokens[start:start + n]
+        xe = torch.index_select(x, 0, tok, out=ws_x[:n])
+        clock("gather")
+        h = ws_h[:n]
+        if b_in is None:
+            torch.mm(xe, w_in_t[e], out=h)
+        else:
+            torch.addmm(b_in[e], xe, w_in_t[e], out=h)
+        apply_activation_(h, activation)
+        clock("gemm1")
+        ye = torch.mm(h, w_out[e], out=ws_y[:n])
+        clock("gemm2")
+        y.index_add_(0, tok, ye)
+        clock("reduce")
+        start += n
+    return y

@@ -1,6 +1,7 @@
 """Inference speed of MoEfied FFNs vs dense, CPU torch path (kernels.moe_ffn), side by side in one process.
 
     python -m runner.bench moe [--threads 2] [--repeats 7] [--out outputs/bench/moe] [--quick]
+                               [--stat min] [--previous] [--breakdown] [--layer-shape 384,1536]
 
 Two measurements, each at every share of experts (--ratios) and expert size (--sizes), for one sentence
 (1 x 64 tokens) and a batch (32 x 128 = 4,096 tokens):
@@ -9,8 +10,13 @@ Two measurements, each at every share of experts (--ratios) and expert size (--s
          dense vs the same weights MoEfied in every layer (random balanced split, mlp router: routing is in
          the timed path; the split does not change the cost, the router's choices do only through balance)
 All variants run in one loop, one call each per repetition (interleaved, so load on a shared machine hits
-all alike); the figure is median dense time / median MoE time. Prints one table per measurement and
-writes moe.json and moe.png to --out.
+all alike); the figure is median (--stat min: fastest) dense time / MoE time. Prints one table per measurement
+and writes moe.json and moe.png to --out.
+  --previous   also times the previous CPU path (argsort + per-expert loop, MoEFFN.cpu_path="general") side by
+               side, as variants "m<size>@<ratio>/prev"
+  --breakdown  then, per shape, where the time goes: the fastest of --repeats instrumented, interleaved calls of
+               dense and each MoE variant, split into router, top-k, index building, gather, GEMM 1 (+ activation),
+               GEMM 2, reduce, the rest of the FFN call, and everything outside the FFNs (summed over layers)
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ def timed(fn, calls: int = 1) -> float:
     return (time.perf_counter() - t0) / calls
 
 
-def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05) -> dict[str, float]:
-    """Median seconds per call of each variant {name: (prepare, fn)}. Each repetition runs every variant
+def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05, stat: str = "median") -> dict[str, float]:
+    """Median (stat="min": fastest) seconds per call of each variant {name: (prepare, fn)}. Each repetition runs every variant
     once, after its untimed prepare() (e.g. setting k). The first repetition is a warm-up that also picks how
     many back-to-back calls make one sample (>= min_seconds, so millisecond calls are not timer noise)."""
     samples = {name: [] for name in variants}
@@ -48,7 +54,8 @@ def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05) -> dict
                 calls[name] = max(1, math.ceil(min_seconds / max(timed(fn), 1e-6)))
             else:
                 samples[name].append(timed(fn, calls[name]))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    pick = min if stat == "min" else statistics.median
+    return {name: pick(s) for name, s in samples.items()}
 
 
 def nothing() -> None:
@@ -71,13 +78,13 @@ def moe_from_linears(w_in, b_in, w_out, b_out, size: int, seed: int):
                   w_out[:, perm].t().reshape(experts, size, d), b_out, "gelu", torch.nn.GELU(), r, experts)
 
 
-def bench_layer(a) -> dict:
+def bench_layer(a, breakdowns: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
     from runner.moe.router import active_experts
 
-    d, d_ff = LAYER_SHAPE
+    d, d_ff = a.layer_shape
     gen = torch.Generator().manual_seed(0)
     w_in, w_out = torch.randn(d_ff, d, generator=gen) * 0.02, torch.randn(d, d_ff, generator=gen) * 0.02
     b_in, b_out = torch.zeros(d_ff), torch.zeros(d)
@@ -86,14 +93,105 @@ def bench_layer(a) -> dict:
     for shape, (b, t) in SHAPES.items():
         x = torch.randn(b * t, d, generator=gen)
         variants = {"dense": (nothing, lambda x=x: F.linear(F.gelu(F.linear(x, w_in, b_in)), w_out, b_out))}
+        ffn_modules = {"dense": []}
         for m, mod in modules.items():
             for ratio in a.ratios:
-                k = active_experts(mod.num_experts, ratio)
-                variants[f"m{m}@{ratio}"] = (lambda mod=mod, k=k: setattr(mod, "k", k), lambda mod=mod, x=x: mod(x))
+                for path in paths(a):
+                    k = active_experts(mod.num_experts, ratio)
+                    variants[f"m{m}@{ratio}{SUFFIX[path]}"] = (
+                        lambda mod=mod, k=k, path=path: (setattr(mod, "k", k), setattr(mod, "cpu_path", path)),
+                        lambda mod=mod, x=x: mod(x))
+                    ffn_modules[f"m{m}@{ratio}{SUFFIX[path]}"] = [mod]
         with torch.no_grad():
-            out[shape] = interleaved(variants, a.repeats)
+            out[shape] = interleaved(variants, a.repeats, stat=a.stat)
+            if a.breakdown:
+                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats)
         print(f"  layer {shape}: done")
     return out
+
+
+SUFFIX = {"topk": "", "general": "/prev"}  # MoEFFN.cpu_path -> variant name suffix
+STAGES = ("router", "topk", "index", "gather", "gemm1", "gemm2", "reduce")
+
+
+def paths(a) -> list[str]:
+    return ["topk", "general"] if a.previous else ["topk"]
+
+
+def moe_modules(model) -> list:
+    from runner.moe.module import MoEFFN
+
+    return [mod for mod in model.modules() if isinstance(mod, MoEFFN)]
+
+
+def set_path(model, ratio: float, path: str) -> None:
+    from runner.moe import module
+
+    module.set_ratio(model, ratio)
+    for mod in moe_modules(model):
+        mod.cpu_path = path
+
+
+def ffn_timer(ffns: list, sink: dict) -> list:
+    """Hooks adding the wall time inside every FFN to sink["ffn"]: an MoEFFN from its call to its return, a dense
+    arch FFN from its input module's call to its output projection's return. Returns the hook handles."""
+    state = {}
+
+    def start(*_):
+        state["t0"] = time.perf_counter()
+
+    def stop(*_):
+        sink["ffn"] = sink.get("ffn", 0.0) + time.perf_counter() - state["t0"]
+
+    handles = []
+    for f in ffns:
+        first, last = (f.input_module, f.w_out) if hasattr(f, "input_module") else (f, f)
+        handles += [first.register_forward_pre_hook(start), last.register_forward_hook(stop)]
+    return handles
+
+
+def breakdown(variants: dict, ffns: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds per stage of each variant: the fastest of `repeats` interleaved calls. Keys: total, ffn (inside the
+    FFNs), non_ffn, the STAGES the MoE modules report (previous path's "sort" = index) and ffn_other (the rest of
+    the MoE call: Python, reshapes, output allocation)."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):
+        for name, (prepare, fn) in variants.items():
+            prepare()
+            sink: dict[str, float] = {}
+            handles = ffn_timer(ffns[name], sink)
+            moes = [mod for mod in ffns[name] if hasattr(mod, "timings")]
+            for mod in moes:
+                mod.timings = sink
+            t0 = time.perf_counter()
+            fn()
+            sink["total"] = time.perf_counter() - t0
+            for h in handles:
+                h.remove()
+            for mod in moes:
+                mod.timings = None
+            if "sort" in sink:
+                sink["index"] = sink.pop("sort")
+            if name not in best or sink["total"] < best[name]["total"]:
+                best[name] = sink
+    for sink in best.values():
+        sink.setdefault("ffn", sink["total"])  # a bare dense FFN (layer measurement): all of it is FFN
+        sink["non_ffn"] = sink["total"] - sink["ffn"]
+        staged = sum(sink.get(stage, 0.0) for stage in STAGES)
+        sink["ffn_other"] = sink["ffn"] - staged if staged else 0.0
+    return best
+
+
+def breakdown_table(title: str, data: dict) -> list[str]:
+    cols = ("total", "non_ffn", "ffn") + STAGES + ("ffn_other",)
+    lines = [f"\n{title}: where the time goes, ms (fastest instrumented call; stages summed over layers)"]
+    for shape, rows in data.items():
+        lines.append(f"  {shape} tokens")
+        lines.append("    " + f"{'variant':>16} | " + " | ".join(f"{c:>8}" for c in cols))
+        for name, sink in rows.items():
+            cells = " | ".join(f"{1000 * sink[c]:8.2f}" if c in sink else f"{'-':>8}" for c in cols)
+            lines.append("    " + f"{name:>16} | " + cells)
+    return lines
 
 
 def load_minilm():
@@ -115,7 +213,7 @@ def load_minilm():
         return BertForSequenceClassification(config).eval(), "random init (MiniLM shape)"
 
 
-def bench_model(a) -> tuple[dict, str]:
+def bench_model(a, breakdowns: dict) -> tuple[dict, str]:
     import torch
 
     from runner.models import arch
@@ -133,6 +231,11 @@ def bench_model(a) -> tuple[dict, str]:
         groups = {f.name: split.random_split(d_ff, d_ff // m, f.index) for f in ffns}
         routers = {f.name: router.build("mlp", f.w_in.weight, groups[f.name]) for f in ffns}
         module.moefy(model, ffns, groups, routers)
+        if a.reorder:  # busiest experts first, from routing counts on a batch that is not timed
+            module.set_ratio(model, a.ratios[0])
+            calib = torch.Generator().manual_seed(1)
+            module.order_experts_by_use(model, [{"input_ids": torch.randint(1000, 29000, (8, 128), generator=calib),
+                                                 "attention_mask": torch.ones(8, 128, dtype=torch.long)}])
         moefied[m] = model
     out = {}
     gen = torch.Generator().manual_seed(0)
@@ -140,25 +243,32 @@ def bench_model(a) -> tuple[dict, str]:
         batch = {"input_ids": torch.randint(1000, 29000, (b, t), generator=gen),
                  "attention_mask": torch.ones(b, t, dtype=torch.long)}
         variants = {"dense": (nothing, lambda batch=batch: dense(**batch))}
+        ffn_modules = {"dense": arch.ffns(dense)}
         for m, model in moefied.items():
             for ratio in a.ratios:
-                variants[f"m{m}@{ratio}"] = (lambda model=model, ratio=ratio: module.set_ratio(model, ratio),
-                                             lambda model=model, batch=batch: model(**batch))
+                for path in paths(a):
+                    name = f"m{m}@{ratio}{SUFFIX[path]}"
+                    variants[name] = (lambda model=model, ratio=ratio, path=path: set_path(model, ratio, path),
+                                      lambda model=model, batch=batch: model(**batch))
+                    ffn_modules[name] = moe_modules(model)
         with torch.no_grad():
-            out[shape] = interleaved(variants, a.repeats)
+            out[shape] = interleaved(variants, a.repeats, stat=a.stat)
+            if a.breakdown:
+                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats)
         print(f"  model {shape}: done")
     return out, origin
 
 
-def table(title: str, times: dict, sizes: list[int], ratios: list[float]) -> list[str]:
-    lines = [f"\n{title}: speedup = dense time / MoE time (median); > 1 means MoE is faster"]
+def table(title: str, times: dict, sizes: list[int], ratios: list[float], stat: str = "median") -> list[str]:
+    lines = [f"\n{title}: speedup = dense time / MoE time ({stat}); > 1 means MoE is faster"]
     for shape, t in times.items():
         lines.append(f"  {shape} tokens, dense {1000 * t['dense']:.2f} ms")
         lines.append("    expert size | " + " | ".join(f"{100 * r:>5.0f}%" for r in ratios))
         for m in sizes:
-            if f"m{m}@{ratios[0]}" in t:
-                cells = " | ".join(f"{t['dense'] / t[f'm{m}@{r}']:>5.2f}x" for r in ratios)
-                lines.append(f"    {m:>11} | {cells}")
+            for suffix, label in (("", f"{m}"), ("/prev", f"{m} previous")):
+                if f"m{m}@{ratios[0]}{suffix}" in t:
+                    cells = " | ".join(f"{t['dense'] / t[f'm{m}@{r}{suffix}']:>5.2f}x" for r in ratios)
+                    lines.append(f"    {label:>11} | {cells}")
     return lines
 
 
@@ -197,31 +307,49 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", choices=("layer", "model"), help="run one measurement")
     p.add_argument("--quick", action="store_true", help="3 repeats, sizes 32,128,384, ratios 0.25,1.0")
     p.add_argument("--out", default="outputs/bench/moe", help="folder for moe.json and moe.png")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="per variant, the median or the fastest of the repeats (min is steadier on a loaded machine)")
+    p.add_argument("--previous", action="store_true",
+                   help="also time the previous CPU path (argsort + per-expert loop) side by side")
+    p.add_argument("--breakdown", action="store_true", help="then print where the time goes, stage by stage")
+    p.add_argument("--no-reorder", dest="reorder", action="store_false",
+                   help="model: keep the experts in split order (default: busiest first, counted on an untimed "
+                        "8x128 batch at the first ratio; the outputs are the same, the CPU path pads less)")
+    p.add_argument("--layer-shape", default=",".join(map(str, LAYER_SHAPE)),
+                   help="d_model,d_ff of the layer measurement (384,1536 = MiniLM)")
     a = p.parse_args(argv)
     if a.quick:
         a.repeats, a.sizes, a.ratios = 3, "32,128,384", "0.25,1.0"
     a.sizes = [int(s) for s in a.sizes.split(",")]
     a.ratios = [float(r) for r in a.ratios.split(",")]
+    a.layer_shape = tuple(int(v) for v in a.layer_shape.split(","))
     import torch
 
     torch.set_num_threads(a.threads)
-    print(f"MoE vs dense, CPU torch path, {a.threads} threads, median of {a.repeats} interleaved calls")
-    results, origin = {}, None
+    print(f"MoE vs dense, CPU torch path, {a.threads} threads, {a.stat} of {a.repeats} interleaved calls")
+    results, origin, breakdowns = {}, None, {"layer": {}, "model": {}}
     if a.only in (None, "layer"):
-        results["layer"] = bench_layer(a)
+        results["layer"] = bench_layer(a, breakdowns["layer"])
     if a.only in (None, "model"):
-        results["model"], origin = bench_model(a)
+        results["model"], origin = bench_model(a, breakdowns["model"])
     lines = []
+    layer_title = f"FFN layer {a.layer_shape[0]}/{a.layer_shape[1]} (router included)"
+    model_title = f"whole MiniLM ({origin}), every FFN MoEfied, mlp router in the loop"
     if "layer" in results:
-        lines += table("FFN layer, BERT-base shape 768/3072 (router included)", results["layer"], a.sizes, a.ratios)
+        lines += table(layer_title, results["layer"], a.sizes, a.ratios, a.stat)
     if "model" in results:
-        lines += table(f"whole MiniLM ({origin}), every FFN MoEfied, mlp router in the loop", results["model"],
-                       a.sizes, a.ratios)
+        lines += table(model_title, results["model"], a.sizes, a.ratios, a.stat)
+    if breakdowns["layer"]:
+        lines += breakdown_table(layer_title, breakdowns["layer"])
+    if breakdowns["model"]:
+        lines += breakdown_table(model_title, breakdowns["model"])
     print("\n".join(lines))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "moe.json").write_text(json.dumps({"threads": a.threads, "repeats": a.repeats, "sizes": a.sizes,
-                                              "ratios": a.ratios, "seconds": results, "model": origin}, indent=1))
+    (out / "moe.json").write_text(json.dumps({"threads": a.threads, "repeats": a.repeats, "stat": a.stat,
+                                              "sizes": a.sizes, "ratios": a.ratios, "layer_shape": a.layer_shape,
+                                              "seconds": results, "breakdown": breakdowns, "model": origin},
+                                             indent=1))
     plot(results, a.sizes, a.ratios, out / "moe.png")
     print(f"\nwrote {out / 'moe.json'} and {out / 'moe.png'}")
     return 0
