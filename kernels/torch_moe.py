@@ -8,6 +8,7 @@ Writing every gather and GEMM into one reused workspace (`out=` variants) makes 
 thousand rows keep x and y resident in L3 when T is large (16k: 476 -> 398 ms).
 """
 
+import functools
 import itertools
 import time
 
@@ -20,15 +21,25 @@ from .routing import expert_counts
 DEFAULT_CHUNK_TOKENS = 4096
 
 
+# What stage timings read: wall time by default; benchmarks on a shared machine may set time.process_time
+# (CPU time of this process: with one thread, the time other jobs hold the core is not counted).
+stage_clock = time.perf_counter
+
+
+def set_stage_clock(fn) -> None:
+    global stage_clock
+    stage_clock = fn
+
+
 class _StageClock:
-    """Adds wall time per stage into a dict (CPU ops are synchronous, so this is exact)."""
+    """Adds time per stage into a dict (CPU ops are synchronous, so this is exact)."""
 
     def __init__(self, timings):
         self.timings = timings
-        self.last = time.perf_counter()
+        self.last = stage_clock()
 
     def __call__(self, stage):
-        now = time.perf_counter()
+        now = stage_clock()
         self.timings[stage] = self.timings.get(stage, 0.0) + (now - self.last)
         self.last = now
 
@@ -150,34 +161,39 @@ def sparse_ffn_torch(x, w_in, b_in, w_out_t, b_out, neuron_idx, activation="gelu
 # Top-k inference path: what MoEFFN runs on CPU (each token lists k distinct experts, no gates, no grad).
 #
 # Measured on the 2-core dev CPU, MiniLM FFN (d 384, 48 experts of 32 neurons, k = 12), 1 thread:
-# - One sentence (64 tokens): the per-expert loop above issues ~5 ops per expert, ~240 per layer, and one
-#   small MKL GEMM costs ~10-25 us whatever its size: the loop is several times the dense FFN. A batched
-#   GEMM over experts (bmm, all experts' lists padded to the same length) runs ~5x more FLOPs per second on
-#   these shapes. Routing is far from balanced (at 25%, the busiest expert takes ~95% of the tokens, some
-#   none), so one common length would compute nearly the dense FFN; experts are instead cut into segments
-#   of SEGMENT consecutive experts, each padded to its own longest list (two bmm per segment). With the
-#   experts stored busiest first (MoEFFN.reorder_experts) the segments' lengths fall with the counts.
-# - A batch (4,096 tokens): padding would cost tens of MB of extra rows, while the loop's fixed costs are
-#   small next to its GEMMs, so the loop over experts stays, with reused workspaces.
-# - Both paths get each pair's place in its expert's token list from a cumulative sum over a (T, E)
-#   one-hot matrix (the rank of the token among the expert's tokens) instead of a stable argsort of T * k
-#   keys; tokens stay ascending inside an expert, as with the sort.
+# - Routing is far from balanced: at 25% the busiest expert takes ~90% of the tokens, a few none. Moving a
+#   token's row to and from an expert (gather + index_add) costs about as much as its two GEMMs (~0.6 us
+#   per row each on this machine), so for an expert that most tokens use it is cheaper to compute every
+#   token and zero the ones not routed to it. With the experts stored busiest first
+#   (MoEFFN.reorder_experts), those experts form a prefix: one dense GEMM pair over the prefix's neurons,
+#   a 0/1 mask in between, and the output lands in y with no scatter ("dense" stage in the timings).
+# - The rest, few tokens (one sentence): the per-expert loop issues ~5 ops per expert and a small MKL GEMM
+#   costs ~10-25 us whatever its size, several times the dense FFN. A batched GEMM over experts (bmm, the
+#   token lists padded to a common length) runs ~5x more FLOPs per second on these shapes; experts are cut
+#   into segments of SEGMENT consecutive ones, each padded to its own longest list (two bmm per segment).
+# - The rest, many tokens (a 4,096-token batch): padding would cost tens of MB of extra rows, while the
+#   loop's fixed costs are small next to its GEMMs, so the loop over experts stays, with reused workspaces.
+# - Each pair's place in its expert's token list comes from a cumulative sum over a (T, E) one-hot matrix
+#   (the rank of the token among the expert's tokens) instead of a stable argsort of T * k keys; tokens stay
+#   ascending inside an expert, as with the sort.
 
 SEGMENT = 8  # experts per padded segment
+DENSE_SHARE = 0.35  # leading experts used by at least this share of the tokens are computed densely, masked
+PADDED_SLACK = 32  # padding rows per expert up to which the rest takes the padded path rather than the loop
 
 
 def topk_ranks(expert_idx, num_experts):
-    """(idx int64 (T, k), rank (T, k), counts list of E ints): rank[t, s] = how many tokens before t chose
-    expert expert_idx[t, s]. Returns None when some token lists an expert twice (the one-hot then
-    undercounts)."""
+    """(idx int64 (T, k), rank (T, k), counts list of E ints, onehot (T, E) long): rank[t, s] = how many
+    tokens before t chose expert expert_idx[t, s]. Returns None when some token lists an expert twice (the
+    one-hot then undercounts)."""
     T, k = expert_idx.shape
     idx = expert_idx.long()
     onehot = torch.zeros(T, num_experts, dtype=torch.long, device=idx.device).scatter_(1, idx, 1)
-    cum = onehot.cumsum_(0)
+    cum = onehot.cumsum(0)
     counts = cum[-1].tolist()
     if sum(counts) != T * k:
         return None
-    return idx, cum.gather(1, idx).sub_(1), counts
+    return idx, cum.gather(1, idx).sub_(1), counts, onehot
 
 
 def padded_layout(counts, segment=SEGMENT):
@@ -193,54 +209,101 @@ def padded_layout(counts, segment=SEGMENT):
     return caps, base, rows
 
 
+@functools.lru_cache(maxsize=16)
+def _pair_tokens(T, k, device):
+    """The token of each (token, slot) pair, t * k + s -> t; cached: every layer of a batch asks for it."""
+    return torch.arange(T, device=device).repeat_interleave(k)
+
+
+def dense_prefix(counts, tokens, share=DENSE_SHARE):
+    """How many leading experts each have at least share * tokens tokens."""
+    n = 0
+    while n < len(counts) and counts[n] >= share * tokens and counts[n] > 0:
+        n += 1
+    return n
+
+
 def moe_ffn_topk_torch(x, w_in, b_in, w_out, b_out, expert_idx, activation="gelu", *, w_in_t=None,
-                       padded_slack=32, segment=SEGMENT, chunk_tokens=DEFAULT_CHUNK_TOKENS, timings=None):
+                       dense_share=None, padded_slack=None, segment=None, chunk_tokens=DEFAULT_CHUNK_TOKENS,
+                       timings=None):
     """moe_ffn for inference with top-k routing: y[t] = b_out + sum_s act(x[t] w_in[e]^T + b_in[e]) w_out[e],
     e = expert_idx[t, s] (k distinct experts per token, gates 1). Same shapes as moe_ffn.
 
     w_in_t: optional contiguous w_in.transpose(1, 2) (E, d, m); MKL's (b)mm runs ~1.3x faster on it than on
     the transposed view.
-    padded_slack: the padded path runs when its padding adds at most this many rows per expert (the rows it
-    computes for nothing then cost less than the loop's per-expert ops); 0 forces the loop unless no row is
-    padding, a large value forces the padded path. segment: experts per padded segment.
+    dense_share: the leading experts each used by at least this share of the tokens are computed for every
+    token and masked (> 1 turns this off). padded_slack: the rest takes the padded path when its padding adds
+    at most this many rows per expert (the rows it computes for nothing then cost less than the loop's
+    per-expert ops); 0 forces the loop unless no row is padding, a large value forces the padded path.
+    segment: experts per padded segment. None: DENSE_SHARE, PADDED_SLACK, SEGMENT.
     Falls back to moe_ffn_torch for gradients, half types or a token listing an expert twice.
-    `timings` (a dict) receives seconds per stage: index, gather, gemm1, gemm2, reduce.
+    `timings` (a dict) receives seconds per stage: index, dense, gather, gemm1, gemm2, reduce.
     """
     if (_needs_grad(x, w_in, b_in, w_out, b_out) or x.dtype not in (torch.float32, torch.float64)
             or x.shape[0] == 0 or expert_idx.shape[1] == 0):
         return moe_ffn_torch(x, w_in, b_in, w_out, b_out, expert_idx, None, activation, timings=timings)
     if w_in_t is None:
         w_in_t = w_in.transpose(1, 2)
-    T = x.shape[0]
+    dense_share = DENSE_SHARE if dense_share is None else dense_share
+    padded_slack = PADDED_SLACK if padded_slack is None else padded_slack
+    segment = SEGMENT if segment is None else segment
+    T, d = x.shape
     chunk = max(1, min(chunk_tokens or T, T))
     if chunk < T:
         y = x.new_empty(x.shape)
         for start in range(0, T, chunk):
             y[start:start + chunk] = moe_ffn_topk_torch(
                 x[start:start + chunk], w_in, b_in, w_out, b_out, expert_idx[start:start + chunk], activation,
-                w_in_t=w_in_t, padded_slack=padded_slack, segment=segment, chunk_tokens=None, timings=timings)
+                w_in_t=w_in_t, dense_share=dense_share, padded_slack=padded_slack, segment=segment,
+                chunk_tokens=None, timings=timings)
         return y
     clock = _no_clock if timings is None else _StageClock(timings)
     ranked = topk_ranks(expert_idx, w_in.shape[0])
     if ranked is None:
         return moe_ffn_torch(x, w_in, b_in, w_out, b_out, expert_idx, None, activation, timings=timings)
-    idx, rank, counts = ranked
-    caps, base, rows = padded_layout(counts, segment)
-    if rows <= idx.numel() + padded_slack * len(counts):
-        return _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment, activation, clock)
-    return _expert_loop(x, w_in_t, b_in, w_out, b_out, idx, rank, counts, activation, clock)
+    idx, rank, counts, onehot = ranked
+    E, m, _ = w_in.shape
+    dense = dense_prefix(counts, T, dense_share)
+    # y has one more row, a dummy target for the padded path's padding rows
+    y = x.new_empty(T + 1, d)
+    if dense:
+        clock("index")
+        w1 = w_in[:dense].reshape(dense * m, d).t()
+        h = torch.mm(x, w1) if b_in is None else torch.addmm(b_in[:dense].reshape(-1), x, w1)
+        apply_activation_(h, activation)
+        h.view(T, dense, m).mul_(onehot[:, :dense, None].to(x.dtype))  # tokens not routed there: exactly 0
+        if b_out is None:
+            torch.mm(h, w_out[:dense].reshape(dense * m, d), out=y[:T])
+        else:
+            torch.addmm(b_out, h, w_out[:dense].reshape(dense * m, d), out=y[:T])
+        clock("dense")
+    elif b_out is None:
+        y[:T].zero_()
+    else:
+        y[:T].copy_(b_out.expand(T, d))
+    y[T].zero_()
+    if dense < E:
+        tail = counts[dense:]
+        caps, base, rows = padded_layout(tail, segment)
+        if rows <= sum(tail) + padded_slack * len(tail):
+            _padded(x, w_in_t, b_in, w_out, y, idx, rank, dense, caps, base, rows, segment, activation, clock)
+        else:
+            _expert_loop(x, w_in_t, b_in, w_out, y, idx, rank, counts, dense, activation, clock)
+    return y[:T]
 
 
-def _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment, activation, clock):
-    """Segments of `segment` experts, each expert's token list padded to its segment's longest; two bmm per
-    segment, one gather, one activation and one index_add for all."""
+def _padded(x, w_in_t, b_in, w_out, y, idx, rank, first, caps, base, rows, segment, activation, clock):
+    """Experts first.. in segments of `segment`, each expert's token list padded to its segment's longest; two
+    bmm per segment, one gather, one activation and one index_add into y (T + 1 rows) for all."""
     T, d = x.shape
     E, _, m = w_in_t.shape
     k = idx.shape[1]
-    # dst[row] = the token of that row; padding rows -> T, a dummy output row
-    dst = torch.full((rows,), T, dtype=torch.long, device=x.device)
-    row = torch.tensor(base, device=x.device)[idx].add_(rank)
-    dst.scatter_(0, row.view(-1), torch.arange(T, device=x.device).repeat_interleave(k))
+    # dst[row] = the token of that row; padding rows -> T, the dummy output row; pairs of experts before
+    # `first` (done densely) land in T trash rows after the real ones
+    dst = torch.full((rows + (T if first else 0),), T, dtype=torch.long, device=x.device)
+    row = torch.tensor([rows] * first + base, device=x.device)[idx]
+    dst.scatter_(0, row.add_(rank).view(-1), _pair_tokens(T, k, x.device))
+    dst = dst[:rows]
     src = dst.clamp_max(T - 1)  # padding rows read some real token; their output goes to the dummy row
     clock("index")
     xp = x.index_select(0, src)
@@ -248,7 +311,7 @@ def _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment,
     h = x.new_empty(rows, m)
     start = 0
     for s, cap in enumerate(caps):
-        e0, e1 = s * segment, min(E, (s + 1) * segment)
+        e0, e1 = first + s * segment, min(E, first + (s + 1) * segment)
         n = (e1 - e0) * cap
         if n == 0:
             continue
@@ -263,36 +326,35 @@ def _padded(x, w_in_t, b_in, w_out, b_out, idx, rank, caps, base, rows, segment,
     yp = x.new_empty(rows, d)
     start = 0
     for s, cap in enumerate(caps):
-        e0, e1 = s * segment, min(E, (s + 1) * segment)
+        e0, e1 = first + s * segment, min(E, first + (s + 1) * segment)
         n = (e1 - e0) * cap
         if n:
             torch.bmm(h[start:start + n].view(e1 - e0, cap, m), w_out[e0:e1],
                       out=yp[start:start + n].view(e1 - e0, cap, d))
         start += n
     clock("gemm2")
-    y = x.new_zeros(T + 1, d) if b_out is None else b_out.expand(T + 1, d).clone()
     y.index_add_(0, dst, yp)  # rows in expert order: each token's terms are added in ascending expert id
     clock("reduce")
-    return y[:T]
 
 
-def _expert_loop(x, w_in_t, b_in, w_out, b_out, idx, rank, counts, activation, clock):
-    """One expert at a time over its exact token list, every gather and GEMM into one reused workspace."""
+def _expert_loop(x, w_in_t, b_in, w_out, y, idx, rank, counts, first, activation, clock):
+    """Experts first.. one at a time over their exact token lists, every gather and GEMM into one reused
+    workspace, accumulated into y."""
     T, d = x.shape
     m = w_in_t.shape[2]
     k = idx.shape[1]
-    starts = torch.tensor([0, *itertools.accumulate(counts[:-1])], device=x.device)
+    starts = list(itertools.accumulate(counts, initial=0))
     tokens = torch.empty(idx.numel(), dtype=torch.long, device=x.device)
-    tokens.scatter_(0, starts[idx].add_(rank).view(-1), torch.arange(T, device=x.device).repeat_interleave(k))
-    y = x.new_zeros(T, d) if b_out is None else b_out.expand(T, d).clone()
-    rows = max(counts)
+    tokens.scatter_(0, torch.tensor(starts[:-1], device=x.device)[idx].add_(rank).view(-1),
+                    _pair_tokens(T, k, x.device))
+    rows = max(counts[first:])
     ws_x, ws_h, ws_y = x.new_empty(rows, d), x.new_empty(rows, m), x.new_empty(rows, d)
     clock("index")
-    start = 0
-    for e, n in enumerate(counts):
+    for e in range(first, len(counts)):
+        n = counts[e]
         if n == 0:
             continue
-        tok = tokens[start:start + n]
+        tok = tokens[starts[e]:starts[e] + n]
         xe = torch.index_select(x, 0, tok, out=ws_x[:n])
         clock("gather")
         h = ws_h[:n]
@@ -306,5 +368,3 @@ def _expert_loop(x, w_in_t, b_in, w_out, b_out, idx, rank, counts, activation, c
         clock("gemm2")
         y.index_add_(0, tok, ye)
         clock("reduce")
-        start += n
-    return y

@@ -152,5 +152,5 @@ def test_bench_breakdown_and_previous_path(tmp_path):
     data = json.loads((tmp_path / "moe.json").read_text())
     assert set(data["seconds"]["layer"]["1x64"]) == {"dense", "m32@0.25", "m32@0.25/prev"}
     stages = data["breakdown"]["layer"]["32x128"]["m32@0.25"]
-    assert {"router", "topk", "index", "gather", "gemm1", "gemm2", "reduce", "ffn", "total"} <= set(stages)
+    assert {"router", "topk", "index", "gemm1", "gemm2", "reduce", "ffn", "total"} <= set(stages)
     assert data["breakdown"]["layer"]["32x128"]["m32@0.25/prev"]["index"] > 0  # the old "sort" stage

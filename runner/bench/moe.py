@@ -15,8 +15,9 @@ and writes moe.json and moe.png to --out.
   --previous   also times the previous CPU path (argsort + per-expert loop, MoEFFN.cpu_path="general") side by
                side, as variants "m<size>@<ratio>/prev"
   --breakdown  then, per shape, where the time goes: the fastest of --repeats instrumented, interleaved calls of
-               dense and each MoE variant, split into router, top-k, index building, gather, GEMM 1 (+ activation),
-               GEMM 2, reduce, the rest of the FFN call, and everything outside the FFNs (summed over layers)
+               dense and each MoE variant, split into router, top-k, index building, the densely computed busiest
+               experts, gather, GEMM 1 (+ activation), GEMM 2, reduce, the rest of the FFN call, and everything
+               outside the FFNs (summed over layers)
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from pathlib import Path
 
 LAYER_SHAPE = (768, 3072)  # BERT-base d_model, d_ff
 SHAPES = {"1x64": (1, 64), "32x128": (32, 128)}
+CLOCK = [time.perf_counter]  # --clock cpu: [time.process_time]
 
 
 def timed(fn, calls: int = 1) -> float:
     """Seconds per call of fn, over `calls` back-to-back calls."""
-    t0 = time.perf_counter()
+    t0 = CLOCK[0]()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - t0) / calls
+    return (CLOCK[0]() - t0) / calls
 
 
 def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05, stat: str = "median") -> dict[str, float]:
@@ -111,7 +113,7 @@ def bench_layer(a, breakdowns: dict) -> dict:
 
 
 SUFFIX = {"topk": "", "general": "/prev"}  # MoEFFN.cpu_path -> variant name suffix
-STAGES = ("router", "topk", "index", "gather", "gemm1", "gemm2", "reduce")
+STAGES = ("router", "topk", "index", "dense", "gather", "gemm1", "gemm2", "reduce")
 
 
 def paths(a) -> list[str]:
@@ -138,10 +140,10 @@ def ffn_timer(ffns: list, sink: dict) -> list:
     state = {}
 
     def start(*_):
-        state["t0"] = time.perf_counter()
+        state["t0"] = CLOCK[0]()
 
     def stop(*_):
-        sink["ffn"] = sink.get("ffn", 0.0) + time.perf_counter() - state["t0"]
+        sink["ffn"] = sink.get("ffn", 0.0) + CLOCK[0]() - state["t0"]
 
     handles = []
     for f in ffns:
@@ -163,9 +165,9 @@ def breakdown(variants: dict, ffns: dict, repeats: int) -> dict[str, dict[str, f
             moes = [mod for mod in ffns[name] if hasattr(mod, "timings")]
             for mod in moes:
                 mod.timings = sink
-            t0 = time.perf_counter()
+            t0 = CLOCK[0]()
             fn()
-            sink["total"] = time.perf_counter() - t0
+            sink["total"] = CLOCK[0]() - t0
             for h in handles:
                 h.remove()
             for mod in moes:
@@ -312,6 +314,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--previous", action="store_true",
                    help="also time the previous CPU path (argsort + per-expert loop) side by side")
     p.add_argument("--breakdown", action="store_true", help="then print where the time goes, stage by stage")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1 on a machine shared with other jobs, "
+                        "the time they hold the core is then not counted)")
     p.add_argument("--no-reorder", dest="reorder", action="store_false",
                    help="model: keep the experts in split order (default: busiest first, counted on an untimed "
                         "8x128 batch at the first ratio; the outputs are the same, the CPU path pads less)")
@@ -326,7 +331,13 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    print(f"MoE vs dense, CPU torch path, {a.threads} threads, {a.stat} of {a.repeats} interleaved calls")
+    if a.clock == "cpu":
+        from kernels import torch_moe
+
+        CLOCK[0] = time.process_time
+        torch_moe.set_stage_clock(time.process_time)
+    print(f"MoE vs dense, CPU torch path, {a.threads} threads, {a.stat} of {a.repeats} interleaved calls, "
+          f"{a.clock} clock")
     results, origin, breakdowns = {}, None, {"layer": {}, "model": {}}
     if a.only in (None, "layer"):
         results["layer"] = bench_layer(a, breakdowns["layer"])
@@ -347,7 +358,7 @@ def main(argv: list[str]) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "moe.json").write_text(json.dumps({"threads": a.threads, "repeats": a.repeats, "stat": a.stat,
-                                              "sizes": a.sizes, "ratios": a.ratios, "layer_shape": a.layer_shape,
+                                              "clock": a.clock, "sizes": a.sizes, "ratios": a.ratios, "layer_shape": a.layer_shape,
                                               "seconds": results, "breakdown": breakdowns, "model": origin},
                                              indent=1))
     plot(results, a.sizes, a.ratios, out / "moe.png")
