@@ -224,8 +224,7 @@ def dense_prefix(counts, tokens, share=DENSE_SHARE):
 
 
 def moe_ffn_topk_torch(x, w_in, b_in, w_out, b_out, expert_idx, activation="gelu", *, w_in_t=None,
-                       dense_share=None, padded_slack=None, segment=None, chunk_tokens=DEFAULT_CHUNK_TOKENS,
-                       timings=None):
+                       dense_share=None, padded_slack=None, segment=None, chunk_tokens=None, timings=None):
     """moe_ffn for inference with top-k routing: y[t] = b_out + sum_s act(x[t] w_in[e]^T + b_in[e]) w_out[e],
     e = expert_idx[t, s] (k distinct experts per token, gates 1). Same shapes as moe_ffn.
 
@@ -235,7 +234,8 @@ def moe_ffn_topk_torch(x, w_in, b_in, w_out, b_out, expert_idx, activation="gelu
     token and masked (> 1 turns this off). padded_slack: the rest takes the padded path when its padding adds
     at most this many rows per expert (the rows it computes for nothing then cost less than the loop's
     per-expert ops); 0 forces the loop unless no row is padding, a large value forces the padded path.
-    segment: experts per padded segment. None: DENSE_SHARE, PADDED_SLACK, SEGMENT.
+    segment: experts per padded segment. chunk_tokens: tokens per chunk (each chunk routed and computed on
+    its own). None: DENSE_SHARE, PADDED_SLACK, SEGMENT, DEFAULT_CHUNK_TOKENS.
     Falls back to moe_ffn_torch for gradients, half types or a token listing an expert twice.
     `timings` (a dict) receives seconds per stage: index, dense, gather, gemm1, gemm2, reduce.
     """
@@ -248,14 +248,14 @@ def moe_ffn_topk_torch(x, w_in, b_in, w_out, b_out, expert_idx, activation="gelu
     padded_slack = PADDED_SLACK if padded_slack is None else padded_slack
     segment = SEGMENT if segment is None else segment
     T, d = x.shape
-    chunk = max(1, min(chunk_tokens or T, T))
+    chunk = max(1, min(DEFAULT_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens, T))
     if chunk < T:
         y = x.new_empty(x.shape)
         for start in range(0, T, chunk):
             y[start:start + chunk] = moe_ffn_topk_torch(
                 x[start:start + chunk], w_in, b_in, w_out, b_out, expert_idx[start:start + chunk], activation,
                 w_in_t=w_in_t, dense_share=dense_share, padded_slack=padded_slack, segment=segment,
-                chunk_tokens=None, timings=timings)
+                chunk_tokens=chunk, timings=timings)
         return y
     clock = _no_clock if timings is None else _StageClock(timings)
     ranked = topk_ranks(expert_idx, w_in.shape[0])
