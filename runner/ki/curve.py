@@ -1,0 +1,126 @@
+"""The validation curve of an MLM run, and the comparison the KI paper makes with it.
+
+    curve.csv   step, eval_loss, eval_perplexity, and the training terms logged nearest before that step
+                (loss, loss_alpha, loss_mlm, loss_kd: the KI terms recorded through LossState.log)
+    curve.png   validation loss vs step
+
+`steps_fraction(ki, scratch)`: the steps the KI student needs to reach the from-scratch student's final
+validation loss, as a fraction of the scratch run's steps (< 1: KI saves that share of the steps). The
+crossing is interpolated linearly between the two evaluations around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+COLUMNS = ("step", "eval_loss", "eval_perplexity", "loss", "loss_alpha", "loss_mlm", "loss_kd", "learning_rate")
+
+
+def rows_from_history(history: list[dict]) -> list[dict]:
+    """One row per evaluation (Trainer log_history entries with eval_loss), with the latest training
+    log entry at or before its step."""
+    rows, last_train = [], {}
+    for entry in sorted(history, key=lambda h: (h.get("step", 0), "eval_loss" in h)):
+        if "eval_loss" not in entry:
+            if "loss" in entry or any(k.startswith("loss_") for k in entry):
+                last_train = entry
+            continue
+        row = {"step": int(entry["step"]), "eval_loss": float(entry["eval_loss"]),
+               "eval_perplexity": math.exp(min(float(entry["eval_loss"]), 50.0))}
+        row.update({k: last_train[k] for k in COLUMNS[3:] if k in last_train})
+        rows = [r for r in rows if r["step"] != row["step"]] + [row]  # a re-evaluation replaces the point
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
+    tmp.replace(path)
+
+
+def read_csv(path: str | Path) -> list[tuple[int, float]]:
+    """(step, validation loss) points of a curve.csv, by step."""
+    with Path(path).open() as handle:
+        points = [(int(r["step"]), float(r["eval_loss"])) for r in csv.DictReader(handle) if r["eval_loss"]]
+    return sorted(points)
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> Path:
+    """Validation loss vs step, one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        if points:
+            ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MLM loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+class CurveCallback(TrainerCallback):
+    """Rewrites <folder>/curve.csv and curve.png after every evaluation and at the end of training. The
+    Trainer restores log_history from the checkpoint on resume, so a resumed run's curve is whole."""
+
+    def __init__(self, folder: Path, title: str = "", extra: dict[str, list[tuple[int, float]]] | None = None):
+        self.folder = Path(folder)
+        self.title = title
+        self.extra = extra or {}
+
+    def write(self, history: list[dict]) -> list[dict]:
+        rows = rows_from_history(history)
+        write_csv(rows, self.folder / "curve.csv")
+        if rows:
+            plot({"this run": [(r["step"], r["eval_loss"]) for r in rows], **self.extra},
+                 self.folder / "curve.png", self.title)
+        return rows
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state.log_history)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state.log_history)
+
+
+def steps_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
+    """The first step at which the curve is at or below `target`, interpolated between the evaluation
+    before and the one at the crossing; None if it never gets there."""
+    previous = None
+    for step, value in points:
+        if value <= target:
+            if previous is None or previous[1] == value:
+                return float(step)
+            (s0, v0) = previous
+            return s0 + (step - s0) * (v0 - target) / (v0 - value)
+        previous = (step, value)
+    return None
+
+
+def steps_fraction(ki: list[tuple[int, float]], scratch: list[tuple[int, float]]) -> float | None:
+    """Steps the KI curve needs to reach the scratch curve's final loss, over the scratch run's steps."""
+    if not ki or not scratch:
+        return None
+    final_step, final_loss = scratch[-1]
+    reached = steps_to_reach(ki, final_loss)
+    return None if reached is None or final_step <= 0 else reached / final_step
