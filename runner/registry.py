@@ -12,7 +12,9 @@ from runner.errors import UserError
 
 METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
+    "ki": "runner.methods.ki:run",
     "moefication": "runner.methods.moefication:run",
+    "pretrain": "runner.methods.pretrain:run",
 }
 
 
