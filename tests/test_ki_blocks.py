@@ -143,7 +143,20 @@ def test_fixed_masks_are_drawn_once_and_collated_as_they_are():
     labels = torch.tensor(a["labels"])
     assert (labels != -100).any() and (labels[:, 0] == -100).all()  # [CLS] is never masked
     assert fixed_masks(blocks, tokenizer, 0.3, seed=1)["labels"] != a["labels"]
-    collate = Collator(lambda rows: "masked afresh", tokenizer.pad_token_id)
+    from transformers import DataCollatorForLanguageModeling
+
+    collate = Collator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3), tokenizer.pad_token_id, 7)
     out = collate([a[i] for i in range(4)])
     assert torch.equal(out["labels"], labels[:4]) and set(out) >= {"input_ids", "attention_mask", "labels"}
-    assert collate([{"input_ids": [1, 2]}]) == "masked afresh"
+    # training rows: masks depend on the seed and the batch only, not on the global RNG
+    rows = [{k: v for k, v in blocks[i].items()} for i in range(8)]
+    rows[0]["input_ids"] = rows[0]["input_ids"][:-1] + [1037]  # two different blocks
+    torch.manual_seed(0)
+    first = collate(rows)
+    torch.manual_seed(123)
+    torch.rand(5)
+    again = collate(rows)
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
+    other = Collator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3), tokenizer.pad_token_id, 8)
+    assert not torch.equal(other(rows)["labels"], first["labels"])
+    assert not torch.equal(collate(rows[::-1])["labels"], first["labels"].flip(0))  # another batch, other masks

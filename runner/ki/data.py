@@ -4,11 +4,18 @@ by the noise of the draw (~0.01-0.05 nats on a few hundred blocks), which is the
 small-scale KI comparison looks for.
 
     eval_set = fixed_masks(ctx.data["validation"], tokenizer, 0.15, seed=0)   # labels drawn once
-    collate  = Collator(mlm_collator)   # rows with labels are stacked as they are; others masked afresh
+    collate  = Collator(mlm_collator, pad_id, seed)   # rows with labels padded as they are; others masked
+
+Training masks are drawn with a generator seeded by (run seed, the batch's token ids), not by the global
+RNG: a run resumed from a checkpoint masks every later batch exactly as the uninterrupted run did (the
+Trainer's skipping of consumed batches moves the global RNG), and two runs of one seed that see the same
+batches (the scratch and KI students) see the same masks. A block gets new masks in every epoch because
+its batch companions change with the shuffle.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -37,16 +44,27 @@ def fixed_masks(dataset, tokenizer, probability: float, seed: int, batch_size: i
 
 class Collator:
     """Rows that already have labels (the fixed evaluation set) are padded as they are; rows without
-    (training blocks) go to the MLM collator, which masks them afresh."""
+    (training blocks) are masked by `mlm_collator` (a DataCollatorForLanguageModeling) with a generator
+    seeded by `seed` and the batch's token ids."""
 
-    def __init__(self, mlm_collator, pad_id: int):
+    def __init__(self, mlm_collator, pad_id: int, seed: int):
         self.mlm_collator = mlm_collator
         self.pad_id = pad_id
+        self.key = str(seed).encode()
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if "labels" not in features[0]:
+            self.mlm_collator.generator = torch.Generator().manual_seed(batch_seed(features, self.key))
             return self.mlm_collator(features)
         length = max(len(f["input_ids"]) for f in features)
         pad = {"input_ids": self.pad_id, "labels": -100, "attention_mask": 0, "token_type_ids": 0}
         return {k: torch.tensor([list(f[k]) + [pad[k]] * (length - len(f[k])) for f in features])
                 for k in features[0] if k in pad}
+
+
+def batch_seed(features: list[dict], key: bytes) -> int:
+    digest = hashlib.blake2b(key=key, digest_size=8)
+    for f in features:
+        digest.update(torch.as_tensor(f["input_ids"], dtype=torch.int64).numpy().tobytes())
+        digest.update(b"|")
+    return int.from_bytes(digest.digest(), "little") >> 1

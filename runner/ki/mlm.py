@@ -37,7 +37,7 @@ def collate(ctx) -> Collator:
     from runner.tasks.collators import collator
 
     return Collator(collator(ctx.tokenizer, mlm=True, mlm_probability=mlm_probability(ctx)),
-                    ctx.tokenizer.pad_token_id)
+                    ctx.tokenizer.pad_token_id, ctx.seed)
 
 
 def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0):
