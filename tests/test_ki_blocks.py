@@ -152,3 +152,21 @@ def test_training_masks_depend_on_seed_and_batch_not_on_the_global_rng():
     fixed = fixed_masks(datasets.Dataset.from_list(rows), tokenizer, 0.3, seed=0)
     out = collate([fixed[i] for i in range(4)])
     assert torch.equal(out["labels"], torch.tensor(fixed["labels"][:4]))
+
+
+def test_summarize_averages_curves_over_seeds_and_recomputes_the_fraction(tmp_path):
+    import json
+
+    scratch = [(100, 6.0), (200, 5.0), (300, 4.5), (400, 4.0)]
+    for seed, shift in ((1, 0.0), (2, 0.2)):
+        run = tmp_path / f"ki/seed{seed}"
+        curve.write_csv([{"step": s, "eval_loss": v - 0.4 - shift} for s, v in scratch], run / "curve.csv")
+        curve.write_csv([{"step": s, "eval_loss": v} for s, v in scratch], run / "scratch" / "curve.csv")
+        config = {"seed": seed, "method": {"name": "ki", "schedule": "linear", "alpha0": 1.0}}
+        (run / "results.json").write_text(json.dumps({"status": "completed", "config": config}))
+    summary = curve.summarize(tmp_path, tmp_path / "tables")
+    fractions = sorted(r["steps_fraction"] for r in summary["rows"])
+    # seed 1 (-0.4: 4.1 at 300, 3.6 at 400) crosses 4.0 at 320; seed 2 (-0.6: 4.4 at 200, 3.9 at 300) at 280
+    assert fractions == pytest.approx([280 / 400, 320 / 400])
+    assert curve.mean_curve([[(1, 1.0), (2, 2.0)], [(1, 3.0)]]) == [(1, 2.0)]
+    assert (tmp_path / "tables" / "ki-curves.png").exists() and (tmp_path / "tables" / "ki-steps.csv").exists()

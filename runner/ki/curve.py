@@ -124,3 +124,62 @@ def steps_fraction(ki: list[tuple[int, float]], scratch: list[tuple[int, float]]
     final_step, final_loss = scratch[-1]
     reached = steps_to_reach(ki, final_loss)
     return None if reached is None or final_step <= 0 else reached / final_step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe's figure: every completed ki run under a folder, mean curve per schedule and of the scratch runs
+
+def collect_runs(root: Path) -> list[dict]:
+    """Completed method=ki runs under `root`: {"schedule", "seed", "ki": points, "scratch": points}."""
+    import json
+
+    runs = []
+    for results in sorted(Path(root).rglob("results.json")):
+        try:
+            r = json.loads(results.read_text())
+        except (OSError, ValueError):
+            continue
+        method = r.get("config", {}).get("method", {})
+        if r.get("status") != "completed" or method.get("name") != "ki" or not (results.parent / "curve.csv").exists():
+            continue
+        scratch = results.parent / "scratch" / "curve.csv"
+        runs.append({"schedule": f"KI {method.get('schedule')} (a0={method.get('alpha0')})", "seed": r["config"]["seed"],
+                     "ki": read_csv(results.parent / "curve.csv"), "scratch": read_csv(scratch) if scratch.exists() else []})
+    return runs
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Pointwise mean over the curves, at the steps all of them have."""
+    steps = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
+    return [(s, sum(dict(c)[s] for c in curves) / len(curves)) for s in sorted(steps)]
+
+
+def summarize(root: Path, out: Path) -> dict:
+    """<out>/ki-curves.png (mean validation loss per schedule and of the scratch students, over seeds) and
+    <out>/ki-steps.csv (steps_fraction per run, recomputed from the curves)."""
+    runs = collect_runs(root)
+    out.mkdir(parents=True, exist_ok=True)
+    by_schedule: dict[str, list[dict]] = {}
+    for run in runs:
+        by_schedule.setdefault(run["schedule"], []).append(run)
+    scratch = {run["seed"]: run["scratch"] for run in runs if run["scratch"]}
+    curves = {f"scratch (MLM only), {len(scratch)} seeds": mean_curve(list(scratch.values()))}
+    curves.update({f"{name}, {len(group)} seeds": mean_curve([r["ki"] for r in group])
+                   for name, group in sorted(by_schedule.items())})
+    plot({k: v for k, v in curves.items() if v}, out / "ki-curves.png", "validation MLM loss, mean over seeds")
+    rows = [{"schedule": r["schedule"], "seed": r["seed"], "steps_fraction": steps_fraction(r["ki"], r["scratch"])}
+            for r in runs]
+    with (out / "ki-steps.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["schedule", "seed", "steps_fraction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"runs": len(runs), "rows": rows}
+
+
+if __name__ == "__main__":  # python -m runner.ki.curve <runs folder> [<out folder>]
+    import sys
+
+    root = Path(sys.argv[1])
+    summary = summarize(root, Path(sys.argv[2]) if len(sys.argv) > 2 else root / "tables")
+    for row in summary["rows"]:
+        print(f"{row['schedule']:28s} seed {row['seed']}: steps_fraction {row['steps_fraction']}")
