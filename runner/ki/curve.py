@@ -81,8 +81,10 @@ class CurveCallback(TrainerCallback):
     """Rewrites <folder>/curve.csv and curve.png after every evaluation and at the end of training. The
     Trainer restores log_history from the checkpoint on resume, so a resumed run's curve is whole."""
 
-    def __init__(self, folder: Path, title: str = "", extra: dict[str, list[tuple[int, float]]] | None = None):
+    def __init__(self, folder: Path, title: str = "", extra: dict[str, list[tuple[int, float]]] | None = None,
+                 label: str = "this run"):
         self.folder = Path(folder)
+        self.label = label
         self.title = title
         self.extra = extra or {}
 
@@ -90,7 +92,7 @@ class CurveCallback(TrainerCallback):
         rows = rows_from_history(history)
         write_csv(rows, self.folder / "curve.csv")
         if rows:
-            plot({"this run": [(r["step"], r["eval_loss"]) for r in rows], **self.extra},
+            plot({self.label: [(r["step"], r["eval_loss"]) for r in rows], **self.extra},
                  self.folder / "curve.png", self.title)
         return rows
 

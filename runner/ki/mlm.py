@@ -51,12 +51,12 @@ def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0
 
 
 def pretrain(ctx, model, folder: Path, *, output: str = "checkpoints", loss=None, teacher=None,
-             title: str = "", extra_curves: dict | None = None) -> dict:
+             title: str = "", label: str = "this run", extra_curves: dict | None = None) -> dict:
     """Train `model` with `loss` (default: plain MLM) on the task; the validation curve goes to
     <folder>/curve.csv|png. Returns fit's result."""
     from runner.train import fit
 
-    callback = CurveCallback(folder, title=title, extra=extra_curves)
+    callback = CurveCallback(folder, title=title, extra=extra_curves, label=label)
     return fit(ctx, model, output=output, loss_fn=loss or loss_fn(), teacher=teacher, callbacks=[callback],
                collator=collate(ctx))
 

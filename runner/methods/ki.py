@@ -77,7 +77,7 @@ def run(ctx) -> dict:
                              inherit_steps=cfg.inherit_steps)
     extra = {"scratch (MLM only)": scratch_curve, f"teacher {teacher_name}": teacher_curve}
     result = mlm.pretrain(ctx, student, ctx.run_dir, loss=mlm.loss_fn(rate, cfg.temperature),
-                          teacher=teacher, extra_curves={k: v for k, v in extra.items() if v},
+                          teacher=teacher, label="KI student", extra_curves={k: v for k, v in extra.items() if v},
                           title=f"KI {teacher_name} -> {ctx.model_cfg.name} ({cfg.schedule}, a0={cfg.alpha0}, "
                                 f"N={cfg.inherit_steps})")
     if cfg.save_model:
