@@ -129,7 +129,7 @@ class RunDir:
         self.results = {}
         return moved
 
-    def start(self, config: dict, overrides: list[str]) -> None:
+    def start(self, config: dict, overrides: list[str], data: dict | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self.results
         self.results = {
@@ -144,6 +144,7 @@ class RunDir:
             "git_commit": git_commit(),
             "versions": versions(),
             "config": config,
+            "data": data,  # digest of the task's files (runner/tasks/digest.py): re-runs compare it
         }
         self._t0 = time.time()
         # Wall time accumulates across resumed attempts.

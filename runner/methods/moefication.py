@@ -118,7 +118,7 @@ def relufy(ctx, dense_model: Path, path: Path) -> dict:
     model = load(ctx, dense_model)
     arch.set_ffn_activation(model, "relu")
     before = evaluate(ctx, model)
-    ctx.log(f"relufy: accuracy right after the swap {before.get(ctx.task.main_metric)}")
+    ctx.log(f"relufy: {ctx.task.main_metric} right after the swap {before.get(ctx.task.main_metric)}")
     result = fit(ctx, model, output=f"{path.name}/checkpoints", train=relu_train(ctx))
     save(ctx, model, path)
     return {"before": before, "after": evaluate(ctx, model), "train": result["train"]}
@@ -322,6 +322,14 @@ def router_key(ctx, experts: Stage, inputs: Stage) -> dict:
     if cfg.router == "mlp":
         key.update(epochs=cfg.router_epochs, lr=cfg.router_lr, batch_size=cfg.router_batch_size)
     return key
+
+
+def check(ctx) -> None:
+    """check_model on the model's skeleton (config only): runner/preflight.py runs it before weights load."""
+    from runner.models import skeleton
+
+    base = str(finished_model(ctx, ctx.method.base_run)) if ctx.method.base_run else None
+    check_model(ctx, skeleton(ctx.model_cfg, base))
 
 
 def check_model(ctx, model) -> tuple[int, int]:
