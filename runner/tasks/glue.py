@@ -121,6 +121,8 @@ def read_file(cfg: TaskConfig, columns: Columns, path: Path):
         header, rows = read_parquet(path)
     else:
         header, rows = read_jsonl(path)
+    if not rows and not header:  # jsonl / parquet without a single record
+        raise TaskDataError(f"task {cfg.name}: {path} has no rows; add examples or point data_dir at complete data")
     wanted = [columns.text[out] for out in cfg.text_fields] + [columns.label]
     sources = {out: pick(header, columns.text[out], cfg, path, wanted) for out in cfg.text_fields}
     sources["label"] = pick(header, columns.label, cfg, path, wanted)
@@ -179,7 +181,7 @@ def read_tsv(path: Path, headerless: tuple[str, ...] | None) -> tuple[list[str],
     lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line]  # blank lines carry no row
     if not numbered:
-        raise TaskDataError(f"{path}: empty file")
+        raise TaskDataError(f"{path}: empty file; add a header line and examples or point data_dir at complete data")
     first = numbered[0][1].split("\t")
     # A headerless file (CoLA) is recognised by its first row not naming the known columns.
     if headerless and len(first) == len(headerless) and not set(first) & set(headerless[1:]):
