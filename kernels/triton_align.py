@@ -24,6 +24,8 @@ import triton.language as tl
 
 from .triton_common import interpreter_active, next_pow2
 
+NUM_WARPS = 8  # untimed guess: both kernels work on (TILE, E_POW2) tiles
+
 
 def padded_bound(num_pairs: int, num_experts: int, block_m: int) -> int:
     """Static upper bound on align's padded length, rounded up to whole blocks."""
@@ -102,14 +104,17 @@ def _scatter_kernel(idx_ptr, counts_ptr, ids_ptr, block_expert_ptr, total_ptr, n
 def launch_shape(num_pairs: int, num_experts: int, interpreter: bool, max_chunks=None, tile=None):
     """(number of chunks, pairs per chunk, TILE, E_POW2) for the two kernels (GPU values untimed)."""
     e_pow2 = max(16, next_pow2(num_experts))
-    # a (TILE, E_POW2) one-hot per step: bounded so it fits in registers
-    tile = tile or max(16, min(256, 32768 // e_pow2))
+    # a (TILE, E_POW2) one-hot per step: 16k elements on a GPU (64 registers per thread at 8 warps); the
+    # interpreter, paying per step, takes larger tiles
+    tile = tile or max(16, min(256, (65536 if interpreter else 16384) // e_pow2))
     if max_chunks:
         target = max_chunks
     elif interpreter:
         target = 8  # the interpreter pays per program
     else:
-        target = 256  # about two programs per SM of an H100/H200 at large P
+        # about two programs per SM of an H100/H200 at large P; more would multiply kernel 2's reads of
+        # the (chunks, E) count table (every program reads all of it)
+        target = 256
     chunks = max(1, min(target, triton.cdiv(num_pairs, tile)))
     chunk = triton.cdiv(triton.cdiv(num_pairs, chunks), tile) * tile
     chunks = max(1, triton.cdiv(num_pairs, chunk))
@@ -144,8 +149,9 @@ def align_device(expert_idx: torch.Tensor, num_experts: int, block_m: int, *, ma
     fill_per_prog = triton.cdiv(triton.cdiv(bound, chunks), tile) * tile
     blocks_per_prog = triton.cdiv(triton.cdiv(num_blocks, chunks), tile) * tile
     _count_kernel[(chunks,)](flat, counts, ids, num_pairs, num_experts, chunk, bound, fill_per_prog,
-                             E_POW2=e_pow2, TILE=tile)
+                             E_POW2=e_pow2, TILE=tile, num_warps=NUM_WARPS)
     rows = min(64, max(16, next_pow2(chunks)))
     _scatter_kernel[(chunks,)](flat, counts, ids, block_expert, total, num_pairs, num_experts, chunk, chunks,
-                               num_blocks, blocks_per_prog, BLOCK_M=block_m, E_POW2=e_pow2, TILE=tile, ROWS=rows)
+                               num_blocks, blocks_per_prog, BLOCK_M=block_m, E_POW2=e_pow2, TILE=tile, ROWS=rows,
+                               num_warps=NUM_WARPS)
     return ids, block_expert, bound, total
