@@ -61,6 +61,7 @@ def test_pad_batch_masks_the_padding():
 
 def test_cut_keeps_the_real_rows():
     assert cut(torch.zeros(4, 3), 3, 5, 8).shape == (3, 3)  # per sequence
+    assert cut(torch.zeros(4, 8), 3, 5, 8).shape == (3, 8)  # 8 labels, not 8 positions
     assert cut(torch.zeros(4, 8, 6), 3, 5, 8).shape == (3, 5, 6)  # per token
 
 

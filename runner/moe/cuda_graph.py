@@ -66,9 +66,10 @@ def pad_batch(inputs: dict[str, Tensor], size: int, length: int, pad_token_id: i
 
 
 def cut(output: Tensor, b: int, L: int, padded_length: int) -> Tensor:
-    """The real rows of a padded output: (B, ...) -> (b, ...), and (B, L', ...) -> (b, L, ...) per token."""
+    """The real rows of a padded output: (B, C) -> (b, C) per sequence, (B, L', ...) -> (b, L, ...) per token
+    (a 3-D or larger output whose second axis is the padded length)."""
     output = output[:b]
-    if output.dim() >= 2 and output.shape[1] == padded_length:
+    if output.dim() >= 3 and output.shape[1] == padded_length:
         output = output[:, :L]
     return output
 
