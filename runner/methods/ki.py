@@ -63,7 +63,7 @@ class Config:
 def run(ctx) -> dict:
     cfg: Config = ctx.method
     mlm.require_mlm(ctx, "ki", [ctx.teacher_cfg])
-    stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, namespace="ki")
+    stages = ctx.stages()
     student = ctx.new_model(kind="mlm")
 
     teacher, teacher_name, teacher_curve, teacher_dir = get_teacher(ctx, stages, student.config.vocab_size)
