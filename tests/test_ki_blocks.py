@@ -170,3 +170,20 @@ def test_summarize_averages_curves_over_seeds_and_recomputes_the_fraction(tmp_pa
     assert fractions == pytest.approx([280 / 400, 320 / 400])
     assert curve.mean_curve([[(1, 1.0), (2, 2.0)], [(1, 3.0)]]) == [(1, 2.0)]
     assert (tmp_path / "tables" / "ki-curves.png").exists() and (tmp_path / "tables" / "ki-steps.csv").exists()
+
+
+@pytest.mark.parametrize("option", ["tiny-bert", "tiny-roberta", "tiny-electra"])
+def test_masked_logits_for_every_bert_family(option):
+    import yaml
+
+    from runner.config import build
+    from runner.models import ModelConfig, load_model
+    from tests.conftest import CONF_DIR
+
+    cfg = build(ModelConfig, yaml.safe_load((CONF_DIR / "model" / f"{option}.yaml").read_text()), "model")
+    torch.manual_seed(0)
+    model = load_model(cfg, "mlm").eval()
+    inputs = batch(vocab=1000)
+    mask = inputs["labels"] != -100
+    full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    torch.testing.assert_close(masked_logits(model, inputs, mask), full[mask])
