@@ -61,6 +61,23 @@ def test_masked_logits_equal_the_full_head_at_the_masked_positions():
     torch.testing.assert_close(masked_logits(model, inputs, mask), full[mask])
 
 
+def test_masked_logits_through_a_wrapper_call_the_wrapper():
+    class Wrapper(torch.nn.Module):  # as DistributedDataParallel: .module, no .config
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, **kwargs):
+            self.calls += 1
+            return self.module(**kwargs)
+
+    model, inputs = tiny_mlm(0), batch()
+    mask = inputs["labels"] != -100
+    wrapped = Wrapper(model)
+    torch.testing.assert_close(masked_logits(wrapped, inputs, mask), masked_logits(model, inputs, mask))
+    assert wrapped.calls == 1
+
+
 def test_alpha_zero_is_plain_mlm_without_teacher():
     model, inputs = tiny_mlm(0), batch()
     terms = ki_terms(model, inputs, alpha=0.0, teacher=None)

@@ -33,8 +33,14 @@ class KITerms:
 
 def masked_logits(model: nn.Module, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
     """(n_masked, vocab) MLM logits at the positions where `mask` is True: the backbone on the whole
-    batch, the MLM head (arch.classifier) on the selected hidden states only."""
-    hidden = arch.backbone(model)(**{k: v for k, v in inputs.items() if k in MODEL_INPUTS})[0]
+    batch, the MLM head (arch.classifier) on the selected hidden states only.
+
+    A wrapped model (DistributedDataParallel: no `config`) is called whole, through the wrapper, which
+    synchronises its gradients; the head then runs on every position."""
+    features = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
+    if not hasattr(model, "config"):
+        return model(**features).logits[mask]
+    hidden = arch.backbone(model)(**features)[0]
     return arch.classifier(model)(hidden[mask])
 
 
