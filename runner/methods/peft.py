@@ -26,10 +26,12 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader
 
+from runner import artifacts
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.peft import adapters, child
-from runner.train import collator, fit
+from runner.tasks.collators import collator, model_inputs
+from runner.train import fit
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Config:
 
 def run(ctx) -> dict:
     cfg: Config = ctx.method
-    if ctx.task.num_labels == 0:
+    if ctx.task.is_mlm:
         raise UserError(f"method=peft tunes classification/regression tasks; {ctx.task_cfg.name} has no labels")
     option = cfg.peft
     model = adapters.attach(option, ctx.new_model(), cfg)
@@ -91,28 +93,21 @@ def run(ctx) -> dict:
     metrics = evaluate(ctx, reloaded)
     out = {"metrics": metrics, "in_memory": in_memory, "best": result["best"], "train": result["train"],
            "trainable": trainable, "saved": saved, **info}
-    if cfg.merge:
-        merged = adapters.merge(option, reloaded)
-        if merged is not None:
-            out["merged"] = evaluate(ctx, merged)
     if "test" in ctx.data:  # k-shot tasks: the original validation split is the test set
         out["test"] = evaluate(ctx, reloaded, ctx.data["test"])
+    if cfg.merge:
+        merged = adapters.merge(option, reloaded)  # in place: `reloaded` is the merged model from here on
+        if merged is not None:
+            out["merged"] = evaluate(ctx, merged)
     return out
 
 
 def save_and_reload(ctx, option: str, model):
     """Save what the option trained, then put it back onto a fresh base model (the run's metrics come from
     this reloaded model, so a saved adapter is known to reproduce them)."""
-    from runner.models import load_model
-
     if option in ("child_f", "child_d"):
-        path = ctx.path("model")
-        model.save_pretrained(path)
-        ctx.tokenizer.save_pretrained(path)
-        task = ctx.task
-        reloaded = load_model(ctx.model_cfg, "classification", num_labels=task.num_labels,
-                              problem_type="regression" if task.is_regression else "single_label_classification",
-                              path=str(path)).eval()
+        path = artifacts.save_model(ctx, model, ctx.run_dir)
+        reloaded = artifacts.load_model_dir(ctx, path)
     else:
         path = ctx.path("adapter")
         adapters.save(option, model, path)
@@ -128,8 +123,7 @@ def child_mask(ctx, model, reserve_p: float) -> dict[str, torch.Tensor]:
     if path.exists():
         return torch.load(path)
     data = ctx.data["train"]
-    keep = [c for c in data.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]
-    loader = DataLoader(data.select_columns(keep), batch_size=ctx.train.batch_size, shuffle=False,
+    loader = DataLoader(model_inputs(data), batch_size=ctx.train.batch_size, shuffle=False,
                         collate_fn=collator(ctx.tokenizer, mlm=False))
     device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
     model.to(device)

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from runner.errors import UserError
-from runner.models import arch
+from runner.models import arch, count_parameters, select_trainable
 
 PEFT_OPTIONS = ("lora", "prefix", "prompt", "ptuning", "ia3", "ln")  # HF peft tuners
 OPTIONS = (*PEFT_OPTIONS, "bitfit", "child_f", "child_d")           # the last three: a plain model
@@ -112,9 +112,7 @@ def attach(option: str, model: nn.Module, cfg) -> nn.Module:
 
         return peft.get_peft_model(prepare(option, model), peft_config(option, model, cfg))
     if option == "bitfit":
-        keep = [re.compile(p) for p in bitfit_patterns(model)]
-        for name, p in model.named_parameters():
-            p.requires_grad_(any(r.search(name) for r in keep))
+        select_trainable(model, freeze=[], trainable=bitfit_patterns(model))
     return model
 
 
@@ -130,8 +128,8 @@ def trainable_parameters(model: nn.Module) -> dict:
     if hasattr(model, "get_nb_trainable_parameters"):
         count, total = model.get_nb_trainable_parameters()
     else:
-        count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        counts = count_parameters(model)
+        count, total = counts["trainable"], counts["total"]
     return {"count": int(count), "total": int(total), "percent": round(100.0 * count / total, 4)}
 
 
