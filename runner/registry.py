@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
     "moefication": "runner.methods.moefication:run",
     "peft": "runner.methods.peft:run",
+    "prompt": "runner.methods.prompt:run",
 }
 
 
