@@ -118,3 +118,22 @@ def test_t5_is_refused_in_one_line(tmp_path, shared_data):
     assert out.returncode == 2
     assert [line for line in out.stderr.splitlines() if line.startswith("error:")] == [
         line for line in out.stderr.splitlines() if "method=prompt needs a BERT-family encoder" in line]
+
+
+def test_weights_without_an_mlm_head_are_told_apart(tmp_path):
+    from runner.models import weights_path
+
+    load_model(model_cfg("tiny-bert"), kind="mlm").save_pretrained(tmp_path / "mlm")
+    load_model(model_cfg("tiny-bert"), num_labels=2).save_pretrained(tmp_path / "cls")
+    assert lmbff.has_mlm_head(tmp_path / "mlm") is True
+    assert lmbff.has_mlm_head(tmp_path / "cls") is False
+    assert lmbff.has_mlm_head(weights_path(model_cfg("minilm"))) is False  # all-MiniLM-L6-v2 ships none
+    assert lmbff.has_mlm_head(None) is None  # random init: nothing to tell
+
+
+def test_minilm_with_the_mlm_scorer_is_refused_in_one_line(tmp_path, shared_data):
+    out = run_cli("model=minilm", "method=prompt", "task=glue/sst2", "task.k_shot=16", f"data_dir={shared_data}",
+                  f"paths.output_root={tmp_path}")
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "head=mask_classifier" in errors[0]

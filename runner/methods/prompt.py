@@ -22,6 +22,7 @@ import torch
 from runner import artifacts
 from runner.errors import UserError
 from runner.evaluation import evaluate
+from runner.models import weights_path
 from runner.peft import lmbff
 from runner.train import fit
 
@@ -50,17 +51,18 @@ def run(ctx) -> dict:
     if len(cfg.label_words) != task.num_labels:
         raise UserError(f"method.label_words={cfg.label_words} has {len(cfg.label_words)} words; "
                         f"{task.name} has {task.num_labels} classes (one word per class, in label order)")
+    kind = "mlm" if cfg.head == "mlm" else "base"
+    source = artifacts.finished_run(cfg.base_run, key="method.base_run") if cfg.base_run else None
+    if cfg.head == "mlm" and lmbff.has_mlm_head(source or weights_path(ctx.model_cfg)) is False:
+        raise UserError(f"method.head=mlm: {cfg.base_run or ctx.model_cfg.name} has no MLM head (its weights hold "
+                        "none, it would start random); use method.head=mask_classifier or method.base_run=<a "
+                        "pretrain run's directory>")
     words = lmbff.label_word_ids(cfg.label_words, tokenizer)
     parts = lmbff.parse_template(cfg.template)
     data = {name: prompts(ctx, parts, split) for name, split in
             (("train", task.train), ("validation", task.validation), ("test", task.test)) if split is not None}
 
-    kind = "mlm" if cfg.head == "mlm" else "base"
-    if cfg.base_run:
-        backbone = artifacts.load_model_dir(ctx, artifacts.finished_run(cfg.base_run, key="method.base_run"),
-                                            kind=kind)
-    else:
-        backbone = ctx.new_model(kind=kind)
+    backbone = artifacts.load_model_dir(ctx, source, kind=kind) if source else ctx.new_model(kind=kind)
     scorer_cls = lmbff.MaskVerbalizer if cfg.head == "mlm" else lmbff.MaskClassifier
     scorer = scorer_cls(backbone, words, tokenizer.mask_token_id)
 

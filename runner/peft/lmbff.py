@@ -18,6 +18,7 @@ logits over the classes, one per label word):
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -100,6 +101,27 @@ def label_word_ids(words: list[str], tokenizer) -> list[int]:
                             "pick words that are one token each")
         ids.append(pieces[0])
     return ids
+
+
+MLM_HEAD_PREFIXES = ("cls.predictions.", "lm_head.", "generator_predictions.", "generator_lm_head.")
+
+
+def has_mlm_head(model_dir: str | Path | None) -> bool | None:
+    """Whether the weights in `model_dir` include an MLM head (True/False), None when that cannot be told
+    (random init, or no safetensors file). Loading an MLM class from weights without one initialises the
+    head at random, which would make the label-word scores noise."""
+    if model_dir is None or not Path(model_dir).is_dir():
+        return None
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            if any(k.startswith(MLM_HEAD_PREFIXES) for k in f.keys()):
+                return True
+    return False
 
 
 def _mask_positions(input_ids: Tensor, mask_id: int) -> Tensor:
