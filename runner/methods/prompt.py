@@ -5,7 +5,7 @@
     scorer: the MLM logits of one label word per class at [MASK] (head=mlm, LM-BFF), or, for a backbone
             without an MLM head, a linear head on the [MASK] state initialised from the label words'
             embeddings (head=mask_classifier, an ablation)
-    zero-shot: evaluate the untrained scorer (the prompt alone)
+    zero-shot: evaluate the untrained scorer (the prompt alone) on test (k-shot) or validation
     fine-tune the whole model with cross-entropy over the label words (HF Trainer)
     evaluate on validation (k-shot: the K-per-class dev set) and, for k-shot tasks, on test (the original dev)
     save the model, and the prompt (template, label words, head) beside it
@@ -66,7 +66,7 @@ def run(ctx) -> dict:
     scorer_cls = lmbff.MaskVerbalizer if cfg.head == "mlm" else lmbff.MaskClassifier
     scorer = scorer_cls(backbone, words, tokenizer.mask_token_id)
 
-    zero_shot = evaluate(ctx, scorer, data["validation"])
+    zero_shot = evaluate(ctx, scorer, data.get("test", data["validation"]))  # LM-BFF's zero-shot row: on test
     result = fit(ctx, scorer, train_dataset=data["train"], eval_dataset=data["validation"])
     out = {"metrics": evaluate(ctx, scorer, data["validation"]), "zero_shot": zero_shot,
            "best": result["best"], "train": result["train"]}
