@@ -11,7 +11,7 @@ import torch
 from runner.errors import UserError
 from runner.methods.peft import Config
 from runner.models import arch, count_parameters, load_model
-from runner.peft import adapters
+from runner.peft import adapters, search
 from tests.test_models import model_cfg
 
 FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-electra", "tiny-t5")
@@ -191,3 +191,23 @@ def test_config_refuses_ln_on_top_of_options_that_do_not_take_it():
 def test_target_names_that_match_nothing_are_refused():
     with pytest.raises(UserError, match="lora_targets"):
         adapters.attach("lora", tiny("tiny-t5"), options(lora_targets=["ffn_gate"]))
+
+
+def test_search_space_suggests_valid_overrides_for_every_option():
+    import optuna
+
+    from tests.conftest import compose
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        search.space(None, trial)
+        seen.add(trial.params["method.peft"])
+        low, high = search.LR_RANGE[trial.params["method.peft"]]
+        assert low <= trial.params["train.lr"] <= high
+        cfg = compose(["+experiment=peft/search", *(f"{k}={v}" for k, v in trial.params.items())])
+        assert Config(**{k: v for k, v in cfg.method.items()}).peft == trial.params["method.peft"]
+        study.tell(trial, 0.5)
+    assert seen == set(search.OPTIONS)
