@@ -207,7 +207,7 @@ def test_search_space_suggests_valid_overrides_for_every_option():
         seen.add(trial.params["method.peft"])
         low, high = search.LR_RANGE[trial.params["method.peft"]]
         assert low <= trial.params["train.lr"] <= high
-        cfg = compose(["+experiment=peft/search", *(f"{k}={v}" for k, v in trial.params.items())])
+        cfg = compose(["+experiment=search/peft_sst2", *(f"{k}={v}" for k, v in trial.params.items())])
         assert Config(**{k: v for k, v in cfg.method.items()}).peft == trial.params["method.peft"]
         study.tell(trial, 0.5)
     assert seen == set(search.OPTIONS)

@@ -1,7 +1,7 @@
 """An AutoPEFT-style search space (Zhou et al., TACL 2024, arXiv 2301.12132) for the Optuna sweeper:
 the option first, then that option's own size, then a learning rate in the option's usual range.
 
-    python -m runner -m +experiment=peft/search      # hydra.sweeper.custom_search_space=runner.peft.search.space
+    python -m runner -m +experiment=search/peft_sst2      # hydra.sweeper.custom_search_space=runner.peft.search.space
 
 Every suggested name is a config override (method.peft=lora, method.lora_r=8, train.lr=...), so each trial
 is an ordinary run with its own run directory; maximised: the task's main metric.
