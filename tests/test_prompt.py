@@ -137,3 +137,21 @@ def test_minilm_with_the_mlm_scorer_is_refused_in_one_line(tmp_path, shared_data
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "head=mask_classifier" in errors[0]
+
+
+def test_an_mlm_head_fitted_on_a_frozen_encoder_serves_as_base_run(tmp_path, shared_data):
+    # the route for backbones without an MLM head: train only the head (decoder tied to the frozen
+    # embeddings) on the corpus with method=finetune, then score label words with it
+    pretrain = run_cli("model=tiny-bert", "task=pretrain/wikitext", "task.max_train_samples=100",
+                       "task.max_eval_samples=50", "task.max_length=32", "train.epochs=1",
+                       "method.trainable=[cls.predictions]", f"data_dir={shared_data}",
+                       f"paths.output_root={tmp_path / 'pre'}")
+    assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+    run_dir = next((tmp_path / "pre").rglob("results.json")).parent
+    assert lmbff.has_mlm_head(run_dir / "model") is True
+    out = run_cli("model=tiny-bert", "method=prompt", f"method.base_run='{run_dir}'", "task=glue/sst2",
+                  "task.k_shot=16", "task.max_length=40", "train.max_steps=2", "train.batch_size=8",
+                  f"data_dir={shared_data}", f"paths.output_root={tmp_path / 'prompt'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(next((tmp_path / "prompt").rglob("results.json")).read_text())
+    assert r["status"] == "completed" and "accuracy" in r["test"]
