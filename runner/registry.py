@@ -14,7 +14,9 @@ METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
     "ki": "runner.methods.ki:run",
     "moefication": "runner.methods.moefication:run",
+    "peft": "runner.methods.peft:run",
     "pretrain": "runner.methods.pretrain:run",
+    "prompt": "runner.methods.prompt:run",
 }
 
 
