@@ -104,6 +104,7 @@ def run(ctx) -> dict:
                            lambda path: distil_intermediate(ctx, student, teacher, params, train_data, path))
         student.load_state_dict(torch.load(inter.path / "student.pt", weights_only=True))
         params = dataclasses.replace(params, intermediate=False)
+        ctx.info.setdefault("stages", {})["intermediate"] = stage_info(inter)
         students.detach_projection(student)
     result = fit(ctx, student, train_data, loss_fn=distillation_loss(cfg.loss, params), teacher=teacher)
     students.detach_projection(student)
@@ -132,8 +133,13 @@ def prepare_teacher(ctx, stages: Stages, teacher_cfg, probe):
     if ctx.method.teacher_run:
         return probe, evaluate(ctx, probe), str(Path(ctx.method.teacher_run).resolve())
     stage = artifacts.fine_tuned(ctx, stages, "teacher", model_cfg=teacher_cfg)
+    ctx.info.setdefault("stages", {})["teacher"] = stage_info(stage)
     teacher = artifacts.load_model_dir(ctx, stage.path / "model", model_cfg=teacher_cfg)
     return teacher, stage.info["metrics"], stage.digest
+
+
+def stage_info(stage) -> dict:
+    return {"status": stage.reused, "path": str(stage.path), "seconds": stage.info.get("seconds")}
 
 
 def build_student(ctx, teacher):
