@@ -3,6 +3,7 @@ the learned projection that maps its hidden states to the teacher's width when t
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from runner.distill.layers import kept_layers
@@ -24,17 +25,20 @@ def random_like(teacher: nn.Module, layers: int, changes: dict) -> nn.Module:
     return arch.new_like(teacher, num_hidden_layers=layers, **changes).train()
 
 
-def attach_projection(student: nn.Module, teacher: nn.Module) -> nn.Linear | None:
+def attach_projection(student: nn.Module, teacher: nn.Module, seed: int = 0) -> nn.Linear | None:
     """TinyBERT's W_fit: one shared Linear(d_S, d_T) on every student hidden state, only when the widths
     differ. It lives on the student while it trains (so the optimizer and checkpoints see it) and is
-    removed by `detach_projection` before the student is saved."""
+    removed by `detach_projection` before the student is saved. Its initialisation depends on `seed` only
+    (not on what ran before, e.g. a teacher fine-tune that a resumed run skips)."""
     d_s, d_t = arch.hidden_size(student), arch.hidden_size(teacher)
     if d_s == d_t:
         return None
     projection = getattr(student, PROJECTION, None)
     if projection is None:
-        projection = nn.Linear(d_s, d_t).to(next(student.parameters()).device)
-        student.add_module(PROJECTION, projection)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            projection = nn.Linear(d_s, d_t)
+        student.add_module(PROJECTION, projection.to(next(student.parameters()).device))
     return projection
 
 

@@ -96,7 +96,7 @@ def run(ctx) -> dict:
                         sinkhorn={"temperature": cfg.sinkhorn_temperature, "epsilon": cfg.sinkhorn_epsilon,
                                   "iterations": cfg.sinkhorn_iterations, "scale": cfg.sinkhorn_scale})
     if cfg.loss in INTERMEDIATE:
-        params.projection = students.attach_projection(student, teacher)
+        params.projection = students.attach_projection(student, teacher, ctx.seed)
 
     train_data = student_data(ctx)
     if cfg.two_stage:  # TinyBERT: intermediate layers first, then the prediction layer alone
