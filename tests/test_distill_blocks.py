@@ -152,3 +152,26 @@ def test_pair_checks_one_line():
     with pytest.raises(UserError, match="predicts 3 labels but the task has 2"):
         student.check_pair(teacher, tiny("bert", num_labels=2), 2)
     student.check_pair(teacher, tiny("bert", layers_=1), 3)
+
+
+def test_logit_cache_matches_the_live_teacher_and_misses_unknown_rows(tmp_path):
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    from runner.distill.cache import LogitCache
+
+    teacher = tiny("bert")
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, "[UNK]")),
+                                  pad_token="[PAD]")
+    rows = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [5, 6, 7]]
+    ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1, 2, 0]})
+    cache = LogitCache.build(teacher, ds, tok, batch_size=3)
+    cache.save(tmp_path / "c.pt")
+    cache = LogitCache.load(tmp_path / "c.pt")
+    batch = DataCollatorWithPadding(tok)([{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows[:3]])
+    with torch.no_grad():
+        live = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(cache.lookup(batch["input_ids"], batch["attention_mask"]), live, rtol=1e-4, atol=1e-5)
+    unknown = torch.tensor([[5, 6, 99]])
+    assert cache.lookup(unknown, torch.ones_like(unknown)) is None

@@ -8,6 +8,7 @@ SinKD's Sinkhorn term (Cui et al., LREC-COLING 2024).
               random: a fresh model of the teacher's family, len(student_layers) layers, student_config
               model: the `model` option itself, cut to student_layers when given
               + a learned projection to the teacher's width when the widths differ (TinyBERT's W_fit)
+    (cache)   the teacher's logits on the training set, once per teacher and data (shared)  teacher_logits/
     (two_stage) intermediate distillation: attention-score and hidden-state MSE only   intermediate/
     distil    fit(student, loss = method.loss over the student's and the frozen teacher's outputs)
     evaluate  the student on the task; the teacher's score and the measured student speedup beside it
@@ -25,6 +26,7 @@ import torch
 from runner import artifacts, speed
 from runner.distill import layers
 from runner.distill import student as students
+from runner.distill.cache import LogitCache
 from runner.distill.losses import INTERMEDIATE, LOSSES, Forward, LossParams
 from runner.errors import UserError
 from runner.evaluation import evaluate
@@ -55,6 +57,7 @@ class Config:
     sinkhorn_iterations: int = 20
     sinkhorn_scale: float = 0.001
     student_train_samples: int | None = None
+    cache_teacher: bool = True
     save_model: bool = True
 
     def __post_init__(self):
@@ -99,6 +102,8 @@ def run(ctx) -> dict:
         params.projection = students.attach_projection(student, teacher, ctx.seed)
 
     train_data = student_data(ctx)
+    cache = teacher_logits(ctx, stages, teacher, teacher_id) if cfg.cache_teacher and (
+        cfg.loss not in INTERMEDIATE or cfg.two_stage) else None
     if cfg.two_stage:  # TinyBERT: intermediate layers first, then the prediction layer alone
         inter = stages.run("intermediate", intermediate_key(ctx, teacher_id),
                            lambda path: distil_intermediate(ctx, student, teacher, params, train_data, path))
@@ -106,7 +111,7 @@ def run(ctx) -> dict:
         params = dataclasses.replace(params, intermediate=False)
         ctx.info.setdefault("stages", {})["intermediate"] = stage_info(inter)
         students.detach_projection(student)
-    result = fit(ctx, student, train_data, loss_fn=distillation_loss(cfg.loss, params), teacher=teacher)
+    result = fit(ctx, student, train_data, loss_fn=distillation_loss(cfg.loss, params, cache), teacher=teacher)
     students.detach_projection(student)
 
     speed.record(ctx, {"teacher": teacher, "student": student}, reference="teacher")
@@ -173,16 +178,23 @@ def check(ctx, teacher, student) -> list[int]:
 # Losses and the intermediate stage
 
 
-def distillation_loss(name: str, params: LossParams):
-    """The fit() loss: student forward, teacher forward under no_grad, method.loss's terms logged apart."""
+def distillation_loss(name: str, params: LossParams, cache: LogitCache | None = None):
+    """The fit() loss: student forward, teacher forward under no_grad (or its cached logits), method.loss's
+    terms logged apart."""
     fn, intermediate = LOSSES[name], name in INTERMEDIATE and params.intermediate
 
     def loss_fn(model, inputs, teacher, state):
         labels = inputs.get("labels")
         features = {k: v for k, v in inputs.items() if k != "labels"}
         s, outputs = forward(model, features, intermediate)
-        with torch.no_grad():
-            t, _ = forward(teacher, features, intermediate)
+        cached = None
+        if cache is not None and not intermediate:
+            cached = cache.lookup(features["input_ids"], features.get("attention_mask"))
+        if cached is not None:
+            t = Forward(cached)
+        else:
+            with torch.no_grad():
+                t, _ = forward(teacher, features, intermediate)
         terms = fn(s, t, labels, params)
         total = terms.pop("loss")
         state.log(**{k: v.detach() for k, v in terms.items()})
@@ -198,6 +210,22 @@ def forward(model, features: dict, intermediate: bool) -> tuple[Forward, Any]:
     with arch.attention_scores(getattr(model, "module", model)) as cap:  # DDP wraps the student
         outputs = model(**features)
     return Forward(outputs.logits, cap.scores, list(cap.hidden)), outputs
+
+
+def teacher_logits(ctx, stages: Stages, teacher, teacher_id: str) -> LogitCache:
+    """The teacher's logits on the whole training set, once per teacher and dataset (a shared stage)."""
+    key = {"teacher": teacher_id, "task": dataclasses.asdict(ctx.task_cfg), "seed": ctx.seed,
+           "tokenizer": ctx.model_cfg.name}
+
+    def build(path: Path) -> dict:
+        device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
+        cache = LogitCache.build(teacher, ctx.data["train"], ctx.tokenizer, ctx.train.eval_batch_size, device)
+        cache.save(path / "logits.pt")
+        return {"rows": len(cache)}
+
+    stage = stages.run("teacher_logits", key, build, share=True)
+    ctx.info.setdefault("stages", {})["teacher_logits"] = stage_info(stage)
+    return LogitCache.load(stage.path / "logits.pt")
 
 
 def intermediate_key(ctx, teacher_id: str) -> dict:
