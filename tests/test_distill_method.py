@@ -48,6 +48,8 @@ def test_kd_end_to_end_resumes_when_killed_and_skips_when_complete(tmp_path, sha
     assert r["status"] == "completed" and r["attempts"] == 2
     assert 0 <= r["metrics"]["accuracy"] <= 1 and 0 <= r["teacher"]["accuracy"] <= 1
     assert r["student"]["layers"] == 1 and r["speed"]["32x128"]["speedup"]["student"] > 0
+    assert r["stages"]["teacher"]["status"] == "resumed"
+    assert json.loads((run_dir / "teacher_logits" / "done.json").read_text())["info"]["rows"] == 1024
 
     # the terms are logged apart; the teacher is in no checkpoint and the saved student is a plain model
     state = json.loads(max(student_checkpoints(tmp_path), key=lambda p: int(p.name.split("-")[1]))
