@@ -118,6 +118,26 @@ def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str
     return auto.from_pretrained(path, config=config)
 
 
+def select_trainable(model, freeze: list[str], trainable: list[str]) -> int:
+    """Set requires_grad by regex over parameter names: with `trainable`, only matching parameters train;
+    `freeze` then excludes matches. Returns the number of trainable tensors (a one-line error for none)."""
+    import re
+
+    try:
+        frozen, only = [re.compile(p) for p in freeze], [re.compile(p) for p in trainable]
+    except re.error as e:
+        raise UserError(f"method.freeze / method.trainable: bad regex ({e})") from None
+    n = 0
+    for name, p in model.named_parameters():
+        keep = not only or any(r.search(name) for r in only)
+        keep = keep and not any(r.search(name) for r in frozen)
+        p.requires_grad_(keep)
+        n += keep
+    if n == 0:
+        raise UserError(f"method.freeze={freeze} / method.trainable={trainable} leave no parameter to train")
+    return n
+
+
 def count_parameters(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
