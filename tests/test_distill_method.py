@@ -69,7 +69,7 @@ def test_kd_end_to_end_resumes_when_killed_and_skips_when_complete(tmp_path, sha
 @pytest.mark.parametrize("extra", [
     ["method.loss=tinybert", "method.two_stage=true", "method.intermediate_epochs=1", "method.alpha=1.0"],
     ["method.loss=tinybert", "method.student_init=random",
-     "method.student_config={hidden_size:16,intermediate_size:32,num_attention_heads:2}"],
+     "method.student_config={hidden_size:16,intermediate_size:32}"],
     ["method.loss=sinkd", "method.alpha=0.9"],
 ])
 def test_tinybert_and_sinkd_runs(tmp_path, shared_data, extra):
@@ -121,6 +121,9 @@ def test_teacher_unchanged_by_training_and_absent_from_checkpoints(tmp_path, sha
      "error: method.layer_map=[5]: teacher layers must be distinct, increasing and in [0, 1]"),
     (["method.student_layers=[0,2]"],
      "error: method.student_layers=[0, 2]: give distinct increasing layer indices in [0, 1] (the teacher has 2 layers)"),
+    (["method.loss=tinybert", "method.student_init=random", "method.student_config={num_attention_heads:2}"],
+     "error: TinyBERT's attention loss compares heads one to one: the teacher has 4 heads, the student 2; "
+     "give the student 4 (method.student_config)"),
     (["method.two_stage=true"], "error: method.two_stage is TinyBERT's schedule; set method.loss=tinybert or two_stage=false"),
     (["teacher=tiny-bert", "teacher.architecture.vocab_size=1000", "method.student_init=model"],
      "error: the teacher's vocabulary (1000 tokens) differs from the student's (30522); "

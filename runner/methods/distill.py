@@ -46,7 +46,7 @@ class Config:
     teacher_run: str | None = None
     student_init: Literal["copy", "random", "model"] = "copy"
     student_layers: list[int] | str | None = field(default_factory=lambda: [0, 1, 2])
-    student_config: dict[str, Any] = field(default_factory=dict)
+    student_config: dict[str, Any] | None = None
     layer_map: list[int] | None = None
     two_stage: bool = False
     intermediate_epochs: float = 3
@@ -154,7 +154,7 @@ def build_student(ctx, teacher):
         return students.from_teacher(teacher, cfg.student_layers)
     if cfg.student_init == "random":
         return students.random_like(teacher, len(layers.kept_layers(cfg.student_layers, teacher_layers)),
-                                    cfg.student_config)
+                                    cfg.student_config or {})
     model = ctx.new_model()
     if cfg.student_layers is None:
         return model
@@ -171,6 +171,10 @@ def check(ctx, teacher, student) -> list[int]:
     if cfg.loss not in INTERMEDIATE:
         return []
     arch.attention_scores(teacher)  # refuses T5 with one line
+    heads_t, heads_s = (arch.attentions(m, kind="self")[0].num_heads for m in (teacher, student))
+    if heads_t != heads_s:
+        raise UserError(f"TinyBERT's attention loss compares heads one to one: the teacher has {heads_t} heads, "
+                        f"the student {heads_s}; give the student {heads_t} (method.student_config)")
     return layers.layer_map(cfg.layer_map, arch.num_layers(student)["encoder"], arch.num_layers(teacher)["encoder"])
 
 
