@@ -134,3 +134,17 @@ def test_bad_configs_fail_with_one_line_before_training(tmp_path, shared_data, a
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1] == message
     assert not list(tmp_path.rglob("checkpoint-*")), "training started before the config was refused"
+
+
+def test_regression_task_distils_with_mse_on_a_student_subset(tmp_path, shared_data):
+    args = [a for a in ARGS if not a.startswith("task=")]
+    out = run_cli(*args, "task=glue/stsb", "method.loss=sinkd", "method.student_train_samples=64", "train.logging_steps=2",
+                  f"data_dir={shared_data}", f"paths.output_root={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["status"] == "completed" and "pearson" in r["metrics"] and "pearson" in r["teacher"]
+    ckpt = max((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 64 examples / batch 16, one epoch: the subset, not the 256 rows
+    assert any("loss_sinkhorn" in h and "loss_kd" in h for h in state["log_history"])
