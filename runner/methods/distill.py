@@ -30,7 +30,7 @@ from runner.distill.cache import LogitCache
 from runner.distill.losses import INTERMEDIATE, LOSSES, Forward, LossParams
 from runner.errors import UserError
 from runner.evaluation import evaluate
-from runner.models import arch
+from runner.models import arch, count_parameters
 from runner.stages import Stages
 from runner.train import fit
 
@@ -115,8 +115,10 @@ def run(ctx) -> dict:
     students.detach_projection(student)
 
     speed.record(ctx, {"teacher": teacher, "student": student}, reference="teacher")
+    ctx.info["parameters"] = count_parameters(student)  # without the projection, which is not kept
     ctx.info["student"] = {"layers": arch.num_layers(student)["encoder"], "hidden": arch.hidden_size(student),
-                           "init": cfg.student_init, "layer_map": layer_map}
+                           "init": cfg.student_init, "layer_map": layer_map,
+                           "teacher_parameters": count_parameters(teacher)["total"]}
     if cfg.save_model:
         artifacts.save_model(ctx, student, ctx.run_dir)
     return {"metrics": result["last"], "best": result["best"], "train": result["train"],
