@@ -60,7 +60,7 @@ class Context:
 
     @property
     def model_kind(self) -> str:
-        return "mlm" if self.task.num_labels == 0 else "classification"
+        return "mlm" if self.task.is_mlm else "classification"
 
     def new_model(self, kind: str | None = None, model_cfg: ModelConfig | None = None):
         """A fresh model of `model_cfg` (default the run's `model`; e.g. ctx.teacher_cfg) with the task's

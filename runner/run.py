@@ -124,7 +124,7 @@ def run(cfg: DictConfig) -> float | None:
     if not main:
         return None
     rd.finish("completed", metrics=metrics, **extra)
-    _report(run_dir, metrics)
+    _report(run_dir, metrics, first_run=not overrides)
     return _main_metric(cfg, metrics)
 
 
@@ -153,11 +153,20 @@ def _fail(rd: RunDir | None, error: UserError, multirun: bool) -> None:
     return None
 
 
-def _report(run_dir: Path, metrics: dict) -> None:
+NEXT = """next:
+  python -m runner task=glue/sst2 data_dir=../shared/data          # fine-tune on a GLUE task
+  python -m runner method=moefication task=glue/sst2 data_dir=../shared/data   # MoEfy the fine-tuned model
+  python -m runner --help                                          # every group and option; README.md for more"""
+
+
+def _report(run_dir: Path, metrics: dict, first_run: bool = False) -> None:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                       if isinstance(v, float) and k not in ("epoch", "step"))
     print(f"run directory: {run_dir}")
+    print(f"results: {run_dir / 'results.json'}")
     print(f"final metrics: {shown}")
+    if first_run:  # the embedded default (`make demo`): say what to try next
+        print(NEXT)
 
 
 def _main_metric(cfg: DictConfig, metrics: dict) -> float | None:

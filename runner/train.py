@@ -95,10 +95,11 @@ class RunnerTrainer(Trainer):
         self._terms: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.loss_fn is None:
+        # Evaluation scores the model's own task loss; the method's loss (and its teacher) is for training.
+        if self.loss_fn is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         state = LossState(step=self.state.global_step, max_steps=self.state.max_steps,
-                          num_items_in_batch=num_items_in_batch, _terms=self._terms if model.training else {})
+                          num_items_in_batch=num_items_in_batch, _terms=self._terms)
         loss, outputs = self.loss_fn(model, inputs, self.teacher, state)
         return (loss, outputs) if return_outputs else loss
 

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe"}
+BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "moe-gpu": "runner.bench.moe_gpu"}
 
 
 def main(argv: list[str]) -> int:

@@ -118,6 +118,35 @@ def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str
     return auto.from_pretrained(path, config=config)
 
 
+def derive_config(cfg: ModelConfig, name: str, **changes) -> ModelConfig:
+    """A random-init model option derived from `cfg` with some architecture keys changed, e.g. a student
+    with fewer layers or another width: derive_config(teacher, "minilm-3l", num_hidden_layers=3). The
+    architecture is `cfg`'s own (its random-init config, or the pretrained weights' config.json); the
+    tokenizer stays `cfg`'s."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    if cfg.architecture is not None:
+        architecture = dict(cfg.architecture)
+    else:
+        path = weights_path(cfg)
+        config = AutoConfig.from_pretrained(path).to_dict()
+        keep = set(AutoConfig.for_model(config["model_type"]).to_dict())  # the family's own keys only
+        architecture = {k: v for k, v in config.items() if k in keep and not k.startswith("_")
+                        and k not in ("architectures", "transformers_version", "dtype", "torch_dtype", "problem_type",
+                                      "num_labels", "id2label", "label2id")}
+        architecture["model_type"] = config["model_type"]
+    unknown = sorted(k for k in changes if k not in architecture
+                     and k not in AutoConfig.for_model(architecture.get("model_type", cfg.family)).to_dict())
+    if unknown:
+        raise UserError(f"model {cfg.name}: no architecture key(s) {', '.join(unknown)} to change")
+    tokenizer = cfg.tokenizer or (f"package:{cfg.package}" if cfg.package and _package_path(cfg.package)
+                                  else weights_path(cfg))
+    return dataclasses.replace(cfg, name=name, source=None, package=None, tokenizer=tokenizer,
+                               architecture={**architecture, **changes})
+
+
 def select_trainable(model, freeze: list[str], trainable: list[str]) -> int:
     """Set requires_grad by regex over parameter names: with `trainable`, only matching parameters train;
     `freeze` then excludes matches. Returns the number of trainable tensors (a one-line error for none)."""
