@@ -167,7 +167,7 @@ def check(ctx, teacher, student) -> list[int]:
     """One-line refusals before training; returns the layer map of the intermediate losses ([] if none)."""
     cfg: Config = ctx.method
     students.check_pair(teacher, student, ctx.task.num_labels)
-    if ctx.task.num_labels == 0:
+    if ctx.task.is_mlm:
         raise UserError("method=distill distils a task head (classification or regression); "
                         f"task {ctx.task_cfg.name} is masked-LM")
     if cfg.loss not in INTERMEDIATE:
