@@ -90,7 +90,7 @@ def run(ctx) -> dict:
     # Everything that can be refused is checked on the untrained teacher shape, before any training.
     probe = load_teacher_run(ctx) if cfg.teacher_run else ctx.new_model(model_cfg=teacher_cfg)
     student = build_student(ctx, probe)
-    layer_map = check(ctx, probe, student)
+    layer_map = check_models(ctx, probe, student)
 
     teacher, teacher_metrics, teacher_id = prepare_teacher(ctx, stages, teacher_cfg, probe)
     if cfg.student_init == "copy":  # cut from the fine-tuned teacher, not from the probe
@@ -163,13 +163,18 @@ def build_student(ctx, teacher):
     return arch.keep_layers(model, layers.kept_layers(cfg.student_layers, arch.num_layers(model)["encoder"]))
 
 
-def check(ctx, teacher, student) -> list[int]:
-    """One-line refusals before training; returns the layer map of the intermediate losses ([] if none)."""
-    cfg: Config = ctx.method
-    students.check_pair(teacher, student, ctx.task.num_labels)
+def check(ctx) -> None:
+    """Refusals that need no weights (runner.preflight runs them before the run directory is taken)."""
     if ctx.task.is_mlm:
         raise UserError("method=distill distils a task head (classification or regression); "
                         f"task {ctx.task_cfg.name} is masked-LM")
+
+
+def check_models(ctx, teacher, student) -> list[int]:
+    """One-line refusals on the teacher and student shapes, before any training; returns the layer map of
+    the intermediate losses ([] if none)."""
+    cfg: Config = ctx.method
+    students.check_pair(teacher, student, ctx.task.num_labels)
     if cfg.loss not in INTERMEDIATE:
         return []
     arch.attention_scores(teacher)  # refuses T5 with one line
