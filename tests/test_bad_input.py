@@ -103,7 +103,8 @@ def test_typos_name_the_closest_key_or_option(tmp_path):
     assert "glue/cola" in line and "news/bbc" in line and "pretrain/wikitext" in line
     line = error_line(run_cli("hardware=slurmm", root))
     assert "did you mean hardware=slurm?" in line and "local_jobs" in line
-    assert "available: bert-base-uncased" in error_line(run_cli("model=bert-tiny", root))
+    line = error_line(run_cli("model=bert-tiny", root))
+    assert "available: " in line and "bert-base-uncased" in line
     assert "cannot parse override 'method.ratios=[0.1,'" in error_line(run_cli("method.ratios=[0.1,", root))
     # A sweep with a typo stops before any job, with the same line.
     assert "did you mean train.lr?" in error_line(run_cli("-m", "seed=1,2", "train.lrr=1", root))
