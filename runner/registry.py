@@ -12,6 +12,7 @@ from runner.errors import UserError
 
 METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
+    "distill": "runner.methods.distill:run",
     "ki": "runner.methods.ki:run",
     "moefication": "runner.methods.moefication:run",
     "peft": "runner.methods.peft:run",

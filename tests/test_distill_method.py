@@ -1,0 +1,150 @@
+"""method=distill end to end on tiny-bert: teacher stage, student training, kill/resume/skip, the teacher
+frozen and absent from checkpoints, the projection only while training, and one-line config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, TINY_SST2, compose, run_cli, safe_rglob
+
+ARGS = ["method=distill", *TINY_SST2, "method.student_layers=[0]"]
+
+
+def student_checkpoints(root):
+    return [p for p in safe_rglob(root, "checkpoint-*") if (p / "trainer_state.json").exists()
+            and p.parent.name == "checkpoints" and (p.parent.parent / "results.json").exists()]
+
+
+def test_kd_end_to_end_resumes_when_killed_and_skips_when_complete(tmp_path, shared_data):
+    common = [*ARGS, "task.max_train_samples=1024", f"data_dir={shared_data}", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *common], cwd=ROOT, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(int(p.name.split("-")[1]) >= 16 for p in student_checkpoints(tmp_path)):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the student's training could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "running"
+
+    resumed = run_cli(*common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "stage teacher: already done" in log and "resuming from" in log
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["status"] == "completed" and r["attempts"] == 2
+    assert 0 <= r["metrics"]["accuracy"] <= 1 and 0 <= r["teacher"]["accuracy"] <= 1
+    assert r["student"]["layers"] == 1 and r["speed"]["32x128"]["speedup"]["student"] > 0
+    assert r["stages"]["teacher"]["status"] == "resumed"
+    assert json.loads((run_dir / "teacher_logits" / "done.json").read_text())["info"]["rows"] == 1024
+
+    # the terms are logged apart; the teacher is in no checkpoint and the saved student is a plain model
+    state = json.loads(max(student_checkpoints(tmp_path), key=lambda p: int(p.name.split("-")[1]))
+                       .joinpath("trainer_state.json").read_text())
+    assert any("loss_kd" in h and "loss_ce" in h for h in state["log_history"])
+    for ckpt in student_checkpoints(tmp_path):
+        keys = load_file(ckpt / "model.safetensors").keys()
+        assert not any(".layer.1." in k for k in keys), "a teacher layer is in the student's checkpoint"
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(run_dir / "model").num_hidden_layers == 1
+
+    again = run_cli(*common)
+    assert again.returncode == 0 and "skipped" in again.stdout
+
+
+@pytest.mark.parametrize("extra", [
+    ["method.loss=tinybert", "method.two_stage=true", "method.intermediate_epochs=1", "method.alpha=1.0"],
+    ["method.loss=tinybert", "method.student_init=random",
+     "method.student_config={hidden_size:16,intermediate_size:32}"],
+    ["method.loss=sinkd", "method.alpha=0.9"],
+])
+def test_tinybert_and_sinkd_runs(tmp_path, shared_data, extra):
+    out = run_cli(*ARGS, *extra, f"data_dir={shared_data}", f"paths.output_root={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["status"] == "completed" and "accuracy" in r["metrics"]
+    saved = load_file(run_dir / "model" / "model.safetensors")
+    assert not any("distill_projection" in k for k in saved)
+    if "method.two_stage=true" in extra:
+        assert (run_dir / "intermediate" / "done.json").exists()
+        inter = json.loads((run_dir / "intermediate" / "done.json").read_text())["info"]
+        assert "metrics" in inter
+        last = max((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+        logged = {k for h in history for k in h}
+        assert "loss_kd" in logged and "loss_att" not in logged  # the prediction stage alone
+
+
+def test_teacher_unchanged_by_training_and_absent_from_checkpoints(tmp_path, shared_data):
+    from runner.distill import student as students
+    from runner.distill.losses import LossParams
+    from runner.methods.distill import distillation_loss
+    from runner.run import make_context
+    from runner.train import fit
+
+    cfg = compose([*ARGS, "method.loss=tinybert", f"data_dir={shared_data}", "train.save_steps=2"])
+    ctx = make_context(cfg, tmp_path)
+    teacher = ctx.new_model()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = students.from_teacher(teacher, [1])
+    params = LossParams(layer_map=[1])
+    fit(ctx, student, loss_fn=distillation_loss("tinybert", params), teacher=teacher,
+        train=dataclasses.replace(ctx.train, max_steps=4))
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not any(p.requires_grad for p in teacher.parameters())
+    # the student moved away from its copy; its checkpoints hold its own keys only
+    assert not torch.equal(student.state_dict()["bert.encoder.layer.0.attention.self.query.weight"],
+                           before["bert.encoder.layer.1.attention.self.query.weight"])
+    ckpt = max((tmp_path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert set(load_file(ckpt / "model.safetensors")) <= set(student.state_dict())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method.temperature=0"], "error: method.temperature / method.sinkhorn_temperature must be > 0, got 0 / 2.0"),
+    (["method.loss=tinybert", "method.layer_map=[5]"],
+     "error: method.layer_map=[5]: teacher layers must be distinct, increasing and in [0, 1]"),
+    (["method.student_layers=[0,2]"],
+     "error: method.student_layers=[0, 2]: give distinct increasing layer indices in [0, 1] (the teacher has 2 layers)"),
+    (["method.loss=tinybert", "method.student_init=random", "method.student_config={num_attention_heads:2}"],
+     "error: TinyBERT's attention loss compares heads one to one: the teacher has 4 heads, the student 2; "
+     "give the student 4 (method.student_config)"),
+    (["method.two_stage=true"], "error: method.two_stage is TinyBERT's schedule; set method.loss=tinybert or two_stage=false"),
+    (["teacher=tiny-bert", "teacher.architecture.vocab_size=1000", "method.student_init=model"],
+     "error: the teacher's vocabulary (1000 tokens) differs from the student's (30522); "
+     "distil from a teacher with the same tokenizer"),
+])
+def test_bad_configs_fail_with_one_line_before_training(tmp_path, shared_data, args, message):
+    out = run_cli(*ARGS, *args, f"data_dir={shared_data}", f"paths.output_root={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == message
+    assert not list(tmp_path.rglob("checkpoint-*")), "training started before the config was refused"
+
+
+def test_regression_task_distils_with_mse_on_a_student_subset(tmp_path, shared_data):
+    args = [a for a in ARGS if not a.startswith("task=")]
+    out = run_cli(*args, "task=glue/stsb", "method.loss=sinkd", "method.student_train_samples=64", "train.logging_steps=2",
+                  f"data_dir={shared_data}", f"paths.output_root={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["status"] == "completed" and "pearson" in r["metrics"] and "pearson" in r["teacher"]
+    ckpt = max((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 64 examples / batch 16, one epoch: the subset, not the 256 rows
+    assert any("loss_sinkhorn" in h and "loss_kd" in h for h in state["log_history"])
