@@ -13,6 +13,7 @@ from runner.errors import UserError
 METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
     "moefication": "runner.methods.moefication:run",
+    "prune": "runner.methods.prune:run",
 }
 
 

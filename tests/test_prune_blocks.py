@@ -234,3 +234,15 @@ def test_global_neuron_selection_keeps_a_neuron_per_layer():
     keep = structured.select_neurons(imp, 0.75, "global")
     assert all(keep) and sum(map(len, keep)) >= 2
     assert structured.select_neurons(imp, 0.5, "layer") == [[2, 3], [0, 1]]
+
+
+def test_magnitude_head_masking_is_one_round_of_the_smallest_heads():
+    model = tiny("bert")
+    imp = structured.head_magnitude(model)
+    heads = structured.mask_heads(model, None, fraction=0.25, step=0.1, how="magnitude", log=lambda m: None)
+    masked = [(i, h) for i, hs in enumerate(heads) for h in hs]
+    assert len(masked) == 3
+    kept_min = min(imp[i, h] for i in range(3) for h in range(4) if (i, h) not in masked)
+    assert all(imp[i, h] <= kept_min for i, h in masked)
+    with pytest.raises(UserError, match="head_importance"):
+        structured.mask_heads(tiny("bert"), None, 0.25, 0.1, how="entropy")

@@ -1,9 +1,9 @@
-"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script)."""
+"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script), moe, prune."""
 
 import importlib
 import sys
 
-BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe"}
+BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "prune": "runner.bench.prune"}
 
 
 def main(argv: list[str]) -> int:

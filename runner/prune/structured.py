@@ -72,32 +72,55 @@ def head_importance(model: nn.Module, batches: Batches, normalize: bool = True) 
     return imp
 
 
-def mask_heads(model: nn.Module, batches: Batches, fraction: float, step: float, allow_empty: bool = False,
-               log: Callable[[str], None] = print) -> list[list[int]]:
-    """Iteratively set to 0 the gates of the least important heads, `step` of all heads per round, until
-    `fraction` of them are masked; returns the masked head ids per layer."""
-    atts = arch._encoder_attentions(model)
-    layers, heads = len(atts), atts[0].num_heads
-    target = int(round(fraction * layers * heads))
+def head_magnitude(model: nn.Module) -> Tensor:
+    """(layers, heads) data-free importance: ||V rows of h|| * ||O columns of h|| (what h can add)."""
+    out = []
+    for att in arch._encoder_attentions(model):
+        v = att.v.weight.detach().unflatten(0, (att.num_heads, att.head_dim)).flatten(1).norm(dim=1)
+        o = att.o.weight.detach().unflatten(1, (att.num_heads, att.head_dim)).transpose(0, 1).flatten(1)
+        out.append(v * o.norm(dim=1))
+    return torch.stack(out)
+
+
+def _check_heads(layers: int, heads: int, target: int, allow_empty: bool) -> None:
     if not allow_empty and target > layers * (heads - 1):
         raise UserError(f"removing {target} of {layers * heads} heads empties a layer; lower method.heads "
                         "or set method.allow_empty_layers=true")
-    per_round = max(1, int(round(step * layers * heads)))
+
+
+def _mask_lowest(imp: Tensor, gates: Tensor, n: int, allow_empty: bool) -> None:
+    """Set to 0 the gates of the n least important unmasked heads, keeping one per layer unless allowed."""
+    heads = gates.shape[1]
+    for flat in torch.argsort(imp.flatten()).tolist():
+        if n == 0:
+            break
+        layer, head = divmod(flat, heads)
+        if gates[layer, head] == 0 or (not allow_empty and int((gates[layer] != 0).sum()) == 1):
+            continue
+        gates[layer, head] = 0
+        n -= 1
+
+
+def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step: float, how: str = "gradient",
+               allow_empty: bool = False, log: Callable[[str], None] = print) -> list[list[int]]:
+    """Set to 0 the gates of the least important heads until `fraction` of all heads are masked; returns
+    the masked head ids per layer. "gradient" (Michel et al.): `step` of all heads per round, re-scored
+    after each round with the new mask. "magnitude": one round by head_magnitude."""
+    atts = arch._encoder_attentions(model)
+    layers, heads = len(atts), atts[0].num_heads
+    target = int(round(fraction * layers * heads))
+    _check_heads(layers, heads, target, allow_empty)
+    if how not in ("gradient", "magnitude"):
+        raise UserError(f"method.head_importance must be gradient or magnitude, got '{how}'")
+    per_round = target if how == "magnitude" else max(1, int(round(step * layers * heads)))
     gates = head_gates(model)
     while int((gates == 0).sum()) < target:
-        imp = head_importance(model, batches).to(gates.device)
+        imp = head_magnitude(model) if how == "magnitude" else head_importance(model, batches)
+        imp = imp.to(gates.device)
         imp[gates == 0] = float("inf")
-        n = min(per_round, target - int((gates == 0).sum()))
-        for flat in torch.argsort(imp.flatten()).tolist():
-            if n == 0:
-                break
-            layer, head = divmod(flat, heads)
-            if gates[layer, head] == 0 or (not allow_empty and int((gates[layer] != 0).sum()) == 1):
-                continue
-            gates[layer, head] = 0
-            n -= 1
+        _mask_lowest(imp, gates, min(per_round, target - int((gates == 0).sum())), allow_empty)
         set_head_gates(model, gates)
-        log(f"heads: {int((gates == 0).sum())}/{layers * heads} masked")
+        log(f"heads: {int((gates == 0).sum())}/{layers * heads} masked ({how})")
     return [[h for h in range(heads) if gates[i, h] == 0] for i in range(layers)]
 
 
