@@ -79,7 +79,8 @@ def test_structured_pruning_end_to_end_and_reload(tmp_path, shared_data, model, 
     res = results(tmp_path)
     # physical removal is exact: the pruned model scores like the gated one
     assert res["before_recovery"]["accuracy"] == pytest.approx(res["gated"]["accuracy"])
-    assert set(res["speed"]["32x128"]["speedup"]) >= {"pruned"}
+    if model != "tiny-t5":
+        assert set(res["speed"]["32x128"]["speedup"]) >= {"pruned"}
     sizes = res["sizes"]
     if pruner in ("ffn", "structured"):
         assert sizes["ffn"] == [32, 32]

@@ -5,7 +5,7 @@
 Removes the `--heads` share of attention heads (lowest ||V_h|| * ||O_h||, at least one head per layer) and
 the `--ffn` share of FFN neurons per layer (lowest ||W_in row|| * ||W_out column||) physically (arch), checks
 the pruned model against the gated dense model, and times both on random token ids at 1 x 64 and 32 x 128,
-interleaved, min of repeats. No training: accuracy is not the point here, the cost of the shapes is.
+interleaved, min of repeats (runner.speed.measure). No training: accuracy is not the point here, the cost of the shapes is.
 Prints the speedup (dense ms / pruned ms) per shape.
 """
 
@@ -13,23 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
-
-
-def interleaved_ms(models: dict, inputs: dict, repeats: int) -> dict[str, float]:
-    """Min over `repeats` of one forward's milliseconds per model, each repetition running every model."""
-    import torch
-
-    best = {name: float("inf") for name in models}
-    with torch.inference_mode():
-        for model in models.values():  # warm-up
-            model(**inputs)
-        for _ in range(repeats):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                model(**inputs)
-                best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
-    return best
 
 
 def pruned_minilm(heads: float, ffn: float):
@@ -63,6 +46,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     import torch
 
+    from runner import speed
     from runner.models import arch, count_parameters
 
     torch.set_num_threads(a.threads)
@@ -71,10 +55,10 @@ def main(argv: list[str]) -> int:
     print(f"heads per layer {sizes['heads']}, FFN neurons per layer {sizes['ffn']}; "
           f"parameters {count_parameters(pruned)['total'] / count_parameters(dense)['total']:.3f} of dense; "
           f"max |pruned - gated| logit {diff:.2e}")
-    for batch, seq in ((1, 64), (32, 128)):
-        ids = torch.randint(1000, 20000, (batch, seq), generator=torch.Generator().manual_seed(1))
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        ms = interleaved_ms({"dense": dense, "pruned": pruned}, inputs, a.repeats)
-        print(f"{batch}x{seq}: dense {ms['dense']:.1f} ms, pruned {ms['pruned']:.1f} ms, "
-              f"speedup {ms['dense'] / ms['pruned']:.2f}x")
+    result = speed.measure({"dense": dense, "pruned": pruned}, reference="dense",
+                           vocab_size=dense.config.vocab_size, repeats=a.repeats)
+    for shape in ("1x64", "32x128"):
+        ms = result[shape]["ms"]
+        print(f"{shape}: dense {ms['dense']:.1f} ms, pruned {ms['pruned']:.1f} ms, "
+              f"speedup {result[shape]['speedup']['pruned']:.2f}x")
     return 0

@@ -615,9 +615,7 @@ def apply_plan(model: nn.Module, plan: dict) -> None:
 
 def layer_sizes(model: nn.Module) -> dict[str, list[int]]:
     """Heads and FFN neurons per encoder layer, as they are now."""
-    heads = [] if family(model) == "t5" else [len(kept_heads(a)) if hasattr(a.module, KEPT_HEADS)
-                                              else a.num_heads
-                                              for a in attentions(model, kind="self", stack="encoder")]
+    heads = [] if family(model) == "t5" else [a.num_heads for a in attentions(model, kind="self", stack="encoder")]
     return {"heads": heads, "ffn": [f.w_out.in_features for f in ffns(model, stack="encoder")]}
 
 
