@@ -54,6 +54,8 @@ def moe_ffn(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, *, acti
     b_out (d,) or None, added once per token; expert_idx (T, k) integer; expert_weight (T, k) or None.
     A token may list an expert twice (it is then counted twice).
     reduce: "buffer" (deterministic slot sum) or "atomic" (fp32 atomics); Triton path only.
+    On CUDA the Triton path aligns on the device without a host sync (CUDA-graph capturable), so it does
+    not check expert ids: ids outside [0, E) are dropped there (the torch path raises).
     impl: "auto" (Triton on CUDA tensors, torch on CPU), "torch" or "triton". When gradients are
     needed, "auto" takes the torch path (autograd-friendly ops); the Triton kernels are forward-only.
     """

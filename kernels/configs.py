@@ -27,18 +27,47 @@ GPU_CONFIGS = (
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, FUSED=True),
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=True),
 )
+# Hopper (compute capability >= 9.0) candidates, added to the list above on such devices only: larger
+# tiles, 3-5 stages, 8 warps; for small experts (m <= 128) the fused kernel with tall (128-row) blocks, so
+# each block reads its experts' weights once for 128 pairs and H never leaves the chip, and wide BLOCK_N
+# sweeps of d. CANDIDATES, NOT TUNED: none was timed on an H100/H200 yet (kernels/device_check.sh does).
+HOPPER_CONFIGS = (
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4, FUSED=False),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=False),
+    dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4, FUSED=False),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, FUSED=False),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=5, FUSED=False),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4, FUSED=True, FUSED_MAX_M=128),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=True, FUSED_MAX_M=128),
+    dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=5, FUSED=True, FUSED_MAX_M=128),
+)
+HOPPER_CAPABILITY = (9, 0)
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1, FUSED=False)
-# The fused GEMM1+GEMM2 kernel keeps a (BLOCK_M, next_pow2(m)) H tile in registers.
+# The fused GEMM1+GEMM2 kernel keeps a (BLOCK_M, next_pow2(m)) H tile in registers: up to m = 64 by
+# default; the 8-warp Hopper fused configs say FUSED_MAX_M=128 (a 128 x 128 fp32 tile over 256 threads is
+# 64 registers per thread).
 FUSED_MAX_M = 64
 
 
-def candidate_configs(m: int, rows_per_expert: float, interpreter: bool):
-    """Configs worth timing for experts of m neurons receiving `rows_per_expert` pairs on average."""
+def fused_max_m(cfg) -> int:
+    return cfg.get("FUSED_MAX_M", FUSED_MAX_M)
+
+
+def is_hopper(capability) -> bool:
+    return capability is not None and tuple(capability) >= HOPPER_CAPABILITY
+
+
+def candidate_configs(m: int, rows_per_expert: float, interpreter: bool, capability=None):
+    """Configs worth timing for experts of m neurons receiving `rows_per_expert` pairs on average.
+
+    capability: the device's (major, minor); the Hopper candidates join from (9, 0) on.
+    """
     if interpreter:
         return [dict(INTERPRETER_CONFIG)]
     out = []
-    for cfg in GPU_CONFIGS:
-        if cfg["FUSED"] and m > FUSED_MAX_M:
+    pool = GPU_CONFIGS + (HOPPER_CONFIGS if is_hopper(capability) else ())
+    for cfg in pool:
+        if cfg["FUSED"] and m > fused_max_m(cfg):
             continue
         # a block much taller than an expert's pair list is mostly padding
         if cfg["BLOCK_M"] > 16 and cfg["BLOCK_M"] > 2 * rows_per_expert:
@@ -48,7 +77,7 @@ def candidate_configs(m: int, rows_per_expert: float, interpreter: bool):
 
 
 def default_config(m: int, rows_per_expert: float, interpreter: bool):
-    """The untimed choice: the tallest block that is not mostly padding."""
+    """The untimed choice: the tallest block that is not mostly padding (the base list only)."""
     cands = [c for c in candidate_configs(m, rows_per_expert, interpreter) if not c["FUSED"]]
     return max(cands, key=lambda c: (c["BLOCK_M"], -c["BLOCK_N"]))
 

@@ -6,6 +6,11 @@ BLOCK_M, so every BLOCK_M-row block belongs to one expert. Then
   GEMM2  gate * (H @ w_out[e]) -> a (T, k, d) buffer (then a slot sum)  reduce="buffer"
                                -> fp32 atomics into (T, d)              reduce="atomic"
 or, for m <= 64, one fused kernel that keeps the H tile in registers. x is never copied.
+
+On CUDA the align stage runs on the device (kernels.triton_align: two kernels, no host sync, buffers of a
+static length), so the forward can be captured in a CUDA graph; blocks past the real padded length carry
+block_expert = -1 and the GEMM kernels return at once on them. The torch align stays the reference (and
+the default under the interpreter; Plan(..., device_align=True) runs the device one there too).
 """
 
 import torch
@@ -41,6 +46,8 @@ def _gemm1_kernel(x_ptr, w_ptr, b_ptr, h_ptr, pair_ids_ptr, block_expert_ptr, nu
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if expert < 0:  # a block past the real padded length (device align): nothing to do
+        return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(pair_ids_ptr + rows)
     valid = pair < num_pairs  # padding slots hold the sentinel num_pairs
@@ -70,6 +77,8 @@ def _gemm2_kernel(h_ptr, w_ptr, gate_ptr, out_ptr, pair_ids_ptr, block_expert_pt
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if expert < 0:  # a block past the real padded length (device align): nothing to do
+        return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(pair_ids_ptr + rows)
     valid = pair < num_pairs
@@ -96,6 +105,8 @@ def _fused_kernel(x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, gate_ptr, out_ptr, pair_
     """GEMM1 + GEMM2 for one block: the whole (BLOCK_M, m) H tile stays on chip, saving its round trip."""
     pid = tl.program_id(0)
     expert = tl.load(block_expert_ptr + pid).to(tl.int64)
+    if expert < 0:
+        return
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(pair_ids_ptr + rows)
     valid = pair < num_pairs
@@ -144,10 +155,22 @@ def _sum_slots_kernel(buf_ptr, bias_ptr, y_ptr, T, top_k, d, HAS_BIAS: tl.conste
 
 
 class Plan:
-    """Output of the align stage for one call."""
+    """Output of the align stage for one call.
 
-    def __init__(self, expert_idx, num_experts, block_m):
-        self.sorted_pair_ids, self.block_expert, self.num_padded = align(expert_idx, num_experts, block_m)
+    device_align: the Triton align (no host sync; num_padded is then the static bound, and blocks past the
+    real length have block_expert -1); None = on CUDA tensors only (compiled kernels), the torch align else.
+    """
+
+    def __init__(self, expert_idx, num_experts, block_m, device_align=None):
+        if device_align is None:
+            device_align = expert_idx.is_cuda and not interpreter_active()
+        if device_align:
+            from .triton_align import align_device
+
+            self.sorted_pair_ids, self.block_expert, self.num_padded, _ = align_device(
+                expert_idx, num_experts, block_m)
+        else:
+            self.sorted_pair_ids, self.block_expert, self.num_padded = align(expert_idx, num_experts, block_m)
         self.num_pairs = expert_idx.numel()
         self.num_blocks = self.block_expert.numel()
 
@@ -195,8 +218,8 @@ def gemm2(h, w_out, expert_weight, plan, x, b_out, top_k, reduce, cfg):
 
 def fused(x, w_in, b_in, w_out, b_out, expert_weight, plan, top_k, act_code, reduce, cfg):
     E, m, d = w_in.shape
-    if m > configs.FUSED_MAX_M:
-        raise ValueError(f"the fused kernel handles m <= {configs.FUSED_MAX_M}, got m={m}")
+    if m > configs.fused_max_m(cfg):
+        raise ValueError(f"the fused kernel handles m <= {configs.fused_max_m(cfg)} with this config, got m={m}")
     out = _partials(x, b_out, x.shape[0], top_k, reduce)
     _fused_kernel[(plan.num_blocks,)](
         x, w_in, x if b_in is None else b_in, w_out, x if expert_weight is None else expert_weight, out,
@@ -221,9 +244,10 @@ def finish(out, b_out, T, top_k, reduce, dtype):
     return y
 
 
-def run_with_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_code, reduce, cfg):
+def run_with_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_code, reduce, cfg,
+                    device_align=None):
     T, top_k = expert_idx.shape
-    plan = Plan(expert_idx, w_in.shape[0], cfg["BLOCK_M"])
+    plan = Plan(expert_idx, w_in.shape[0], cfg["BLOCK_M"], device_align)
     if cfg["FUSED"]:
         out = fused(x, w_in, b_in, w_out, b_out, expert_weight, plan, top_k, act_code, reduce, cfg)
     else:
@@ -239,7 +263,7 @@ def choose_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_co
     interp = interpreter_active()
     if interp or not configs.autotune_enabled():
         return configs.default_config(m, rows_per_expert, interp)
-    cands = configs.candidate_configs(m, rows_per_expert, interp)
+    cands = configs.candidate_configs(m, rows_per_expert, interp, torch.cuda.get_device_capability(x.device))
     # T is bucketed to a power of two so a new batch size does not trigger a new search
     key = f"moe:E{E}:m{m}:d{d}:k{top_k}:T{next_pow2(T)}:{str(x.dtype)[6:]}:{reduce}"
 
@@ -253,8 +277,11 @@ def choose_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_co
 
 
 def moe_ffn_triton(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, activation="gelu",
-                   reduce="buffer", config=None):
-    """Triton MoE FFN; inputs already validated and contiguous (see kernels.api.moe_ffn)."""
+                   reduce="buffer", config=None, device_align=None):
+    """Triton MoE FFN; inputs already validated and contiguous (see kernels.api.moe_ffn).
+
+    device_align: see Plan (None: the device align on CUDA, the torch one under the interpreter).
+    """
     check_triton_inputs(x, w_in, b_in, w_out, b_out, expert_weight)
     act_code = check_activation(activation)
     T, top_k = expert_idx.shape
@@ -263,4 +290,5 @@ def moe_ffn_triton(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, 
         return y if b_out is None else y + b_out
     if config is None:
         config = choose_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_code, reduce)
-    return run_with_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_code, reduce, config)
+    return run_with_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_code, reduce, config,
+                           device_align)

@@ -25,6 +25,7 @@ class Context:
     cache_dir: str | None
     method: Any  # the method's Config dataclass instance
     model_cfg: ModelConfig
+    teacher_cfg: ModelConfig | None  # the `teacher` group: a second model option (distillation, KI), or None
     task_cfg: Any  # runner.tasks.config.TaskConfig
     train: Any  # runner.train.TrainConfig
     hardware: HardwareConfig
@@ -59,10 +60,11 @@ class Context:
 
     @property
     def model_kind(self) -> str:
-        return "mlm" if self.task.num_labels == 0 else "classification"
+        return "mlm" if self.task.is_mlm else "classification"
 
-    def new_model(self, kind: str | None = None):
-        """A fresh model of the configured family with the task's head, seeded for reproducibility."""
+    def new_model(self, kind: str | None = None, model_cfg: ModelConfig | None = None):
+        """A fresh model of `model_cfg` (default the run's `model`; e.g. ctx.teacher_cfg) with the task's
+        head (`kind`: classification | mlm | base; default the task's), seeded for reproducibility."""
         from transformers import set_seed
 
         from runner.models import load_model
@@ -71,4 +73,10 @@ class Context:
         task = self.task
         kind = kind or self.model_kind
         problem = "regression" if task.is_regression else "single_label_classification"
-        return load_model(self.model_cfg, kind, num_labels=task.num_labels, problem_type=problem)
+        return load_model(model_cfg or self.model_cfg, kind, num_labels=task.num_labels, problem_type=problem)
+
+    def stages(self):
+        """The method's resumable, shareable stages (runner/stages.py), cached under its own namespace."""
+        from runner.stages import Stages
+
+        return Stages(self.run_dir, self.cache_dir and Path(self.cache_dir), self.log, namespace=self.method.name)

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = "results.json"
+# Keys the run directory itself writes into results.json (start/finish/_fail); a method may not return them.
+RESERVED = ("status", "run_dir", "started_at", "attempts", "host", "command", "overrides", "fingerprint",
+            "git_commit", "versions", "config", "finished_at", "wall_time_s", "error", "traceback")
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "peft", "evaluate", "triton", "plm-runner")
 
 
@@ -129,7 +132,7 @@ class RunDir:
         self.results = {}
         return moved
 
-    def start(self, config: dict, overrides: list[str]) -> None:
+    def start(self, config: dict, overrides: list[str]) -> None:  # sets the RESERVED keys below
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self.results
         self.results = {

@@ -18,7 +18,7 @@ from runner import registry
 from runner.config import build, to_dict
 from runner.errors import UserError
 from runner.requeue import Requeue
-from runner.results import RunDir, diff_keys, fingerprint
+from runner.results import RESERVED, RunDir, diff_keys, fingerprint
 
 log = logging.getLogger("runner")
 
@@ -41,8 +41,8 @@ def make_context(cfg: DictConfig, run_dir: Path):
     from runner.train import TrainConfig
 
     c = to_dict(cfg)
-    known = {"model", "method", "task", "train", "hardware", "logger", "paths", "seed", "data_dir", "force",
-             "experiment"}
+    known = {"model", "teacher", "method", "task", "train", "hardware", "logger", "paths", "seed", "data_dir",
+             "force", "experiment"}
     unknown = sorted(set(c) - known)
     if unknown:
         raise UserError(f"unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -53,6 +53,7 @@ def make_context(cfg: DictConfig, run_dir: Path):
         cache_dir=c["paths"].get("cache_dir"),
         method=build(registry.config_class(c["method"]["name"]), c["method"], "method"),
         model_cfg=build(ModelConfig, c["model"], "model"),
+        teacher_cfg=build(ModelConfig, c["teacher"], "teacher") if c.get("teacher") else None,
         task_cfg=build(TaskConfig, c["task"], "task"),
         train=build(TrainConfig, c["train"], "train"),
         hardware=build(HardwareConfig, c["hardware"], "hardware"),
@@ -112,6 +113,7 @@ def run(cfg: DictConfig) -> float | None:
 
         set_seed(ctx.seed)
         result = registry.get(ctx.method.name)(ctx)
+        metrics, extra = check_result(result, ctx.info)
     except UserError as e:
         return _fail(rd if main else None, e, multirun)
     except BaseException as e:
@@ -121,10 +123,24 @@ def run(cfg: DictConfig) -> float | None:
         raise
     if not main:
         return None
-    metrics = result.pop("metrics", {})
-    rd.finish("completed", metrics=metrics, **result, **ctx.info)
-    _report(run_dir, metrics)
+    rd.finish("completed", metrics=metrics, **extra)
+    _report(run_dir, metrics, first_run=not overrides)
     return _main_metric(cfg, metrics)
+
+
+def check_result(result, info: dict) -> tuple[dict, dict]:
+    """(metrics, the other results.json fields) of a method's return value and ctx.info, or a one-line
+    error when the method returned something that is not a dict or a key the run directory owns."""
+    if not isinstance(result, dict):
+        raise UserError(f"the method returned {type(result).__name__}, not a dict of results")
+    result = dict(result)
+    metrics = result.pop("metrics", {})
+    clash = sorted((set(result) | set(info)) & set(RESERVED))
+    both = sorted(set(result) & set(info))
+    if clash or both:
+        raise UserError(f"the method's results use reserved or duplicate key(s) {', '.join(clash + both)}; "
+                        f"results.json sets {', '.join(RESERVED)} itself and ctx.info its own keys: rename them")
+    return metrics, {**result, **info}
 
 
 def _fail(rd: RunDir | None, error: UserError, multirun: bool) -> None:
@@ -137,11 +153,20 @@ def _fail(rd: RunDir | None, error: UserError, multirun: bool) -> None:
     return None
 
 
-def _report(run_dir: Path, metrics: dict) -> None:
+NEXT = """next:
+  python -m runner task=glue/sst2 data_dir=../shared/data          # fine-tune on a GLUE task
+  python -m runner method=moefication task=glue/sst2 data_dir=../shared/data   # MoEfy the fine-tuned model
+  python -m runner --help                                          # every group and option; README.md for more"""
+
+
+def _report(run_dir: Path, metrics: dict, first_run: bool = False) -> None:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                       if isinstance(v, float) and k not in ("epoch", "step"))
     print(f"run directory: {run_dir}")
+    print(f"results: {run_dir / 'results.json'}")
     print(f"final metrics: {shown}")
+    if first_run:  # the embedded default (`make demo`): say what to try next
+        print(NEXT)
 
 
 def _main_metric(cfg: DictConfig, metrics: dict) -> float | None:

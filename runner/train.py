@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import (
-    DataCollatorForLanguageModeling,
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from runner import requeue
 from runner.models import count_parameters
+from runner.tasks.collators import task_collator
 
 
 @dataclass
@@ -50,12 +45,46 @@ class TrainConfig:
     best_metric: str | None = None
 
 
-# A method's loss: (model, inputs, teacher) -> (loss, outputs).
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.nn.Module | None], tuple[torch.Tensor, Any]]
+@dataclass
+class LossState:
+    """What a method's loss sees of training: the optimiser step it contributes to (0-based), the total,
+    the number of label tokens in the whole (accumulated) batch, and `log(**terms)` to report its terms.
+
+    Terms are averaged over the micro-batches since the last logging step and logged as `loss_<name>`
+    beside the Trainer's `loss` (log_history, run.log, wandb), so e.g. a KD and a CE term can be followed
+    separately."""
+
+    step: int
+    max_steps: int
+    num_items_in_batch: Any = None
+    _terms: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def log(self, **terms) -> None:
+        for name, value in terms.items():
+            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            total = self._terms.setdefault(name, [0.0, 0])
+            total[0] += value
+            total[1] += 1
+
+    @property
+    def progress(self) -> float:
+        """Share of training done, in [0, 1] (schedules that decay with the step)."""
+        return min(1.0, self.step / self.max_steps) if self.max_steps > 0 else 0.0
+
+
+# A method's loss: (model, inputs, teacher, state) -> (loss, outputs). The loss is the mean over the
+# micro-batch it is given (as the models' own losses are); fit divides it for gradient accumulation.
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.nn.Module | None, LossState],
+                  tuple[torch.Tensor, Any]]
 
 
 class RunnerTrainer(Trainer):
     """The HF Trainer plus an optional method loss and a frozen teacher (never saved with checkpoints)."""
+
+    # Our losses, and the BERT-family models' own, are means over the micro-batch that ignore
+    # num_items_in_batch; left at None the Trainer would take them as already scaled for gradient
+    # accumulation (the model accepts **kwargs) and apply grad_accum times too large a gradient.
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, loss_fn: LossFn | None = None, teacher: torch.nn.Module | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,12 +92,23 @@ class RunnerTrainer(Trainer):
         self.teacher = teacher
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self._terms: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.loss_fn is None:
+        # Evaluation scores the model's own task loss; the method's loss (and its teacher) is for training.
+        if self.loss_fn is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = self.loss_fn(model, inputs, self.teacher)
+        state = LossState(step=self.state.global_step, max_steps=self.state.max_steps,
+                          num_items_in_batch=num_items_in_batch, _terms=self._terms)
+        loss, outputs = self.loss_fn(model, inputs, self.teacher, state)
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._terms:  # a training logging step: add the method's terms
+            for name, (total, count) in self._terms.items():
+                logs[f"loss_{name}"] = round(total / max(count, 1), 6)
+            self._terms.clear()
+        super().log(logs, start_time)
 
 
 class StopOnRequest(TrainerCallback):
@@ -86,10 +126,25 @@ class StopOnRequest(TrainerCallback):
             raise requeue.Requeue(f"stopped at step {state.global_step} on the requeue signal; checkpoint saved")
 
 
-def collator(tokenizer, mlm: bool, mlm_probability: float = 0.15):
-    if mlm:
-        return DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
-    return DataCollatorWithPadding(tokenizer)
+def decay_groups(model: torch.nn.Module, groups: list[dict]) -> list[dict]:
+    """Split each parameter group that does not set its own weight_decay into a decayed part and a
+    no-decay part: biases and normalisation weights, exempt as in the Trainer's default optimizer."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decayed = set(get_parameter_names(model, [torch.nn.LayerNorm, T5LayerNorm], ["bias", "layernorm", "rmsnorm"]))
+    exempt = {id(p) for name, p in model.named_parameters() if name not in decayed}
+    out = []
+    for group in groups:
+        if "weight_decay" in group:
+            out.append(group)
+            continue
+        params = list(group["params"])
+        rest = {k: v for k, v in group.items() if k != "params"}
+        parts = ({**rest, "params": [p for p in params if id(p) not in exempt]},
+                 {**rest, "params": [p for p in params if id(p) in exempt], "weight_decay": 0.0})
+        out += [g for g in parts if g["params"]]
+    return out
 
 
 def precision_flags(precision: str, device: str) -> dict[str, bool]:
@@ -147,32 +202,44 @@ def fit(
     param_groups: list[dict] | None = None,
     teacher: torch.nn.Module | None = None,
     train: TrainConfig | None = None,
+    collator: Callable | None = None,
+    compute_metrics: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `model` on the task (or the given datasets); resume from `<run_dir>/<output>` if it has
-    checkpoints. Returns {"last": metrics, "best": metrics, "train": throughput, "steps": n}."""
+    checkpoints. Returns {"last": metrics, "best": metrics, "train": throughput, "steps": n}.
+
+    loss_fn: the method's loss (see LossFn); teacher: a frozen model handed to it; param_groups: AdamW
+    groups (those without their own weight_decay get the train config's, except biases and norms);
+    collator: batches (default the task's: padding, or masking for MLM); compute_metrics: evaluation
+    (default the task's metrics; MLM tasks report loss and perplexity)."""
     train = train or ctx.train
     task = ctx.task
     data = ctx.data
     train_dataset = data["train"] if train_dataset is None else train_dataset
     eval_dataset = data.get("validation") if eval_dataset is None else eval_dataset
-    mlm = task.num_labels == 0
+    if task.is_mlm and eval_dataset is not None:  # score the same masked tokens at every evaluation
+        from runner.tasks.collators import fixed_masks
+
+        eval_dataset = fixed_masks(eval_dataset, ctx.tokenizer, task.config.mlm_probability, task.config.split_seed)
+    mlm = task.is_mlm
     main_metric = None if mlm else (train.best_metric or task.main_metric)
     output_dir = ctx.run_dir / output
     args = training_arguments(ctx, output_dir, train, main_metric and f"eval_{main_metric}",
                               has_eval=eval_dataset is not None)
     optimizers = (None, None)
     if param_groups is not None:
-        optimizers = (torch.optim.AdamW(param_groups, lr=train.lr, weight_decay=train.weight_decay), None)
+        groups = decay_groups(model, param_groups)
+        optimizers = (torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay), None)
     from runner.metrics import compute_metrics_fn
 
     trainer = RunnerTrainer(
         model=model,
         args=args,
-        data_collator=collator(ctx.tokenizer, mlm, getattr(task.config, "mlm_probability", 0.15) or 0.15),
+        data_collator=collator or task_collator(task, ctx.tokenizer),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=ctx.tokenizer,
-        compute_metrics=None if mlm else compute_metrics_fn(task),
+        compute_metrics=compute_metrics or (None if mlm else compute_metrics_fn(task)),
         callbacks=[*callbacks, StopOnRequest()],
         optimizers=optimizers,
         loss_fn=loss_fn,

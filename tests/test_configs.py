@@ -27,7 +27,7 @@ def options(group: str) -> list[str]:
 
 
 def all_group_options():
-    for group in [*GROUPS, "method", "paths"]:
+    for group in [*GROUPS, "teacher", "method", "paths"]:
         for option in options(group):
             yield group, option
 

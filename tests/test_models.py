@@ -48,7 +48,7 @@ def test_saved_model_reloads_with_the_same_function(tmp_path):
     _, info = type(again).from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info  # the pooler's keys round-trip
     assert not any(p.requires_grad for p in again.bert.pooler.parameters())
-    from runner.methods.finetune import select_trainable
+    from runner.models import select_trainable
 
     select_trainable(again, [], [])  # "train everything" must not revive the unused pooler
     assert not list(again.bert.pooler.parameters())

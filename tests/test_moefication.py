@@ -220,10 +220,12 @@ def test_expert_count_must_divide_the_width(override, message, tmp_path):
 
 
 def test_base_run_must_be_a_completed_run_on_the_same_task(tmp_path):
-    from runner.methods.moefication import finished_model
-    from runner.run import make_context
+    from runner.artifacts import finished_run
 
-    ctx = make_context(compose(["method=moefication", "task=glue/sst2"]), tmp_path / "run")
+    def finished_model(ctx, path):
+        return finished_run(path, key="method.base_run", task="glue/sst2")
+
+    ctx = None
     with pytest.raises(UserError, match="no readable results.json"):
         finished_model(ctx, str(tmp_path))
     (tmp_path / "results.json").write_text(json.dumps({"status": "running"}))
@@ -292,6 +294,9 @@ def test_killed_run_resumes_at_its_first_missing_stage_and_grid_cells_share_stag
     assert r["ratios"]["1.0"]["accuracy"] == m["accuracy"] and r["ratios"]["0.25"]["k"] == 2
     assert r["experts"] == {**r["experts"], "num_experts": 8, "expert_size": 8, "balanced": True}
     assert (run_dir / "moefication.png").stat().st_size > 0
+    speed = r["speed"]  # dense vs MoE at every ratio, timed side by side (runner.speed)
+    assert speed["reference"] == "dense" and set(speed["32x128"]["ms"]) == {"dense", "moe@0.25", "moe@1.0"}
+    assert speed["1x64"]["speedup"]["dense"] == 1.0 and speed["32x128"]["speedup"]["moe@0.25"] > 0
 
     # another cell of the grid, in-process: the dense model and the collected inputs come from the cache
     from runner import registry
@@ -302,7 +307,8 @@ def test_killed_run_resumes_at_its_first_missing_stage_and_grid_cells_share_stag
     ctx = make_context(compose([*common, "method.split=random", "method.router=gt"]), other)
     r2 = registry.get("moefication")(ctx)
     assert {k: v["status"] for k, v in r2["stages"].items()} == {
-        "dense": "shared", "collect": "shared", "split": "computed", "router": "computed", "eval": "computed"}
+        "dense": "shared", "collect": "shared", "split": "computed", "router": "computed", "eval": "computed",
+        "speed": "computed"}
     assert (other / "dense").resolve() == (run_dir / "dense").resolve()
     assert r2["metrics"]["accuracy"] == m["accuracy"]
     assert r2["router"]["recall"]["0.25"] == pytest.approx(1.0)
@@ -338,7 +344,7 @@ def test_bench_moe_quick_layer_runs(tmp_path):
 
 
 def test_stages_resume_share_and_recompute_on_a_new_key(tmp_path):
-    from runner.moe.stages import DONE, Stages
+    from runner.stages import DONE, Stages
 
     calls = []
 
@@ -347,13 +353,13 @@ def test_stages_resume_share_and_recompute_on_a_new_key(tmp_path):
         (path / "artefact.txt").write_text("x")
         return {"n": len(calls)}
 
-    a = Stages(tmp_path / "run-a", tmp_path / "cache", lambda msg: None)
+    a = Stages(tmp_path / "run-a", tmp_path / "cache", lambda msg: None, "moefication")
     first = a.run("dense", {"lr": 1}, build, share=True)
     assert first.reused == "computed" and first.info["n"] == 1
     # a run killed between done.json and the cache registration: the resume registers it
     next((tmp_path / "cache" / "moefication").glob("dense-*")).unlink()
     assert a.run("dense", {"lr": 1}, build, share=True).reused == "resumed" and len(calls) == 1
-    b = Stages(tmp_path / "run-b", tmp_path / "cache", lambda msg: None)
+    b = Stages(tmp_path / "run-b", tmp_path / "cache", lambda msg: None, "moefication")
     shared = b.run("dense", {"lr": 1}, build, share=True)
     assert shared.reused == "shared" and shared.info["n"] == 1 and len(calls) == 1
     assert (tmp_path / "run-b" / "dense").resolve() == (tmp_path / "run-a" / "dense").resolve()
@@ -367,17 +373,17 @@ def test_shared_stages_survive_moving_the_output_tree(tmp_path):
     """Stage links are relative: an outputs folder moved or copied whole keeps its shared stages."""
     import shutil
 
-    from runner.moe.stages import Stages
+    from runner.stages import Stages
 
     def build(path):
         (path / "artefact.txt").write_text("x")
         return {}
 
     old = tmp_path / "old"
-    Stages(old / "run-a", old / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
-    Stages(old / "run-b", old / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
+    Stages(old / "run-a", old / "cache", lambda msg: None, "moefication").run("dense", {"lr": 1}, build, share=True)
+    Stages(old / "run-b", old / "cache", lambda msg: None, "moefication").run("dense", {"lr": 1}, build, share=True)
     shutil.move(old, tmp_path / "new")
     new = tmp_path / "new"
     assert (new / "run-b" / "dense" / "artefact.txt").read_text() == "x"
-    c = Stages(new / "run-c", new / "cache", lambda msg: None).run("dense", {"lr": 1}, build, share=True)
+    c = Stages(new / "run-c", new / "cache", lambda msg: None, "moefication").run("dense", {"lr": 1}, build, share=True)
     assert c.reused == "shared" and c.path.resolve() == (new / "run-a" / "dense").resolve()

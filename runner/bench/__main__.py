@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "prune": "runner.bench.prune"}
+BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "moe-gpu": "runner.bench.moe_gpu",
+           "prune": "runner.bench.prune"}
 
 
 def main(argv: list[str]) -> int:

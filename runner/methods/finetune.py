@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from runner.errors import UserError
+from runner.artifacts import save_model
 from runner.evaluation import evaluate
+from runner.models import select_trainable
 from runner.train import fit
 
 
@@ -27,23 +27,6 @@ class Config:
     save_model: bool = True
 
 
-def select_trainable(model, freeze: list[str], trainable: list[str]) -> int:
-    """Set requires_grad by regex over parameter names; returns the number of trainable tensors."""
-    try:
-        frozen, only = [re.compile(p) for p in freeze], [re.compile(p) for p in trainable]
-    except re.error as e:
-        raise UserError(f"method.freeze / method.trainable: bad regex ({e})") from None
-    n = 0
-    for name, p in model.named_parameters():
-        keep = not only or any(r.search(name) for r in only)
-        keep = keep and not any(r.search(name) for r in frozen)
-        p.requires_grad_(keep)
-        n += keep
-    if n == 0:
-        raise UserError(f"method.freeze={freeze} / method.trainable={trainable} leave no parameter to train")
-    return n
-
-
 def run(ctx) -> dict:
     cfg: Config = ctx.method
     model = ctx.new_model()
@@ -53,6 +36,5 @@ def run(ctx) -> dict:
     if "test" in ctx.data:  # k-shot tasks: the original validation split is the test set (LM-BFF)
         out["test"] = evaluate(ctx, model, ctx.data["test"])
     if cfg.save_model:
-        model.save_pretrained(ctx.path("model"))
-        ctx.tokenizer.save_pretrained(ctx.path("model"))
+        save_model(ctx, model, ctx.run_dir)
     return out

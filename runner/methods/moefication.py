@@ -11,7 +11,7 @@ into E experts of m neurons and compute only the k experts a router picks for ea
 
 Each stage leaves its artefact in the run directory; a re-run resumes at the first missing stage, and runs
 that need the same dense/ReLU model, inputs or split (the cells of a split x router grid) share them
-through the stage cache (runner/moe/stages.py) instead of recomputing them.
+through the stage cache (runner/stages.py) instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Literal
 
 import torch
 
+from runner.artifacts import fine_tuned, input_batches, load_model_dir, save_model
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.models import arch
 from runner.moe import collect, module, router, split
-from runner.moe.stages import Stage, Stages
+from runner.stages import Stage
 from runner.train import fit
 
 
@@ -52,6 +53,7 @@ class Config:
     router_lr: float = 0.01
     router_batch_size: int = 512
     router_holdout: float = 0.1
+    speed_repeats: int = 5
 
     def __post_init__(self):
         if not self.ratios:
@@ -65,15 +67,17 @@ class Config:
                 raise ValueError(f"method.{key} must be a positive integer, got {getattr(self, key)}")
         if self.num_experts is not None and self.num_experts < 1:
             raise ValueError(f"method.num_experts must be a positive integer or null, got {self.num_experts}")
+        if self.speed_repeats < 0:
+            raise ValueError(f"method.speed_repeats must be >= 0 (0 skips the timing), got {self.speed_repeats}")
         if not 0 < self.router_holdout < 1:
             raise ValueError(f"method.router_holdout must be in (0, 1), got {self.router_holdout}")
 
 
 def run(ctx) -> dict:
     cfg: Config = ctx.method
-    stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log)
+    stages = ctx.stages()
 
-    dense = stages.run("dense", dense_key(ctx), lambda path: fine_tune_dense(ctx, path), share=True)
+    dense = fine_tuned(ctx, stages, "dense", base_run=cfg.base_run, check=lambda model: check_model(ctx, model))
     source = dense
     if cfg.relufy:
         source = stages.run("relu", {"dense": dense.digest, "train": relu_train(ctx)},
@@ -87,46 +91,34 @@ def run(ctx) -> dict:
     evaluation = stages.run("eval", {"router": routers.digest, "ratios": cfg.ratios},
                             lambda path: convert_and_evaluate(ctx, source.path / "model", experts.path,
                                                               routers.path, path))
-    return report(ctx, dense, source if cfg.relufy else None, experts, routers, evaluation,
-                  [dense, source, inputs, experts, routers, evaluation])
+    stages_done = [dense, source, inputs, experts, routers, evaluation]
+    if cfg.speed_repeats:
+        speed = stages.run("speed", {"router": routers.digest, "ratios": cfg.ratios, "repeats": cfg.speed_repeats},
+                           lambda path: measure_speed(ctx, source.path / "model", experts.path, routers.path))
+        ctx.info["speed"] = {k: v for k, v in speed.info.items() if k != "seconds"}
+        stages_done.append(speed)
+    return report(ctx, dense, source if cfg.relufy else None, experts, routers, evaluation, stages_done)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Stages
 
 
-def fine_tune_dense(ctx, path: Path) -> dict:
-    cfg: Config = ctx.method
-    if cfg.base_run:
-        source = finished_model(ctx, cfg.base_run)
-        model = load(ctx, source)
-        check_model(ctx, model)
-        link = path / "model"
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(source, target_is_directory=True)
-        return {"base_run": str(source.parent), "metrics": evaluate(ctx, model)}
-    model = ctx.new_model()
-    check_model(ctx, model)
-    result = fit(ctx, model, output=f"{path.name}/checkpoints")
-    save(ctx, model, path)
-    return {"metrics": evaluate(ctx, model), "train": result["train"]}
-
-
 def relufy(ctx, dense_model: Path, path: Path) -> dict:
     """ReLU-fication: the paper MoEfies ReLU models; a GELU model is switched to ReLU and fine-tuned again."""
-    model = load(ctx, dense_model)
+    model = load_model_dir(ctx, dense_model)
     arch.set_ffn_activation(model, "relu")
     before = evaluate(ctx, model)
     ctx.log(f"relufy: accuracy right after the swap {before.get(ctx.task.main_metric)}")
     result = fit(ctx, model, output=f"{path.name}/checkpoints", train=relu_train(ctx))
-    save(ctx, model, path)
+    save_model(ctx, model, path)
+    shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return {"before": before, "after": evaluate(ctx, model), "train": result["train"]}
 
 
 def collect_inputs(ctx, model_dir: Path, path: Path) -> dict:
-    model = load(ctx, model_dir)
-    inputs = collect.collect_inputs(model, arch.ffns(model), batches(ctx, ctx.data["train"]),
+    model = load_model_dir(ctx, model_dir)
+    inputs = collect.collect_inputs(model, arch.ffns(model), input_batches(ctx, ctx.data["train"]),
                                     ctx.method.collect_tokens)
     torch.save(inputs, path / "inputs.pt")
     return {"tokens": min(len(x) for x in inputs.values())}
@@ -134,7 +126,7 @@ def collect_inputs(ctx, model_dir: Path, path: Path) -> dict:
 
 def split_experts(ctx, model_dir: Path, inputs_dir: Path, path: Path) -> dict:
     cfg: Config = ctx.method
-    model = load(ctx, model_dir)
+    model = load_model_dir(ctx, model_dir)
     num_experts, size = check_model(ctx, model)
     inputs = torch.load(inputs_dir / "inputs.pt") if cfg.split == "coact" else {}
     groups = {}
@@ -157,7 +149,7 @@ def build_routers(ctx, model_dir: Path, experts_dir: Path, inputs_dir: Path, pat
     """One router per FFN; every router is scored by the share of the oracle's top-k activation mass its
     own top-k holds on held-out tokens (the mlp router is trained on the others)."""
     cfg: Config = ctx.method
-    model = load(ctx, model_dir)
+    model = load_model_dir(ctx, model_dir)
     groups = torch.load(experts_dir / "experts.pt")
     inputs = torch.load(inputs_dir / "inputs.pt")
     states, recall, history = {}, {}, {}
@@ -185,10 +177,9 @@ def build_routers(ctx, model_dir: Path, experts_dir: Path, inputs_dir: Path, pat
             "training": history}
 
 
-def convert_and_evaluate(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path, path: Path) -> dict:
+def moefied(ctx, model, experts_dir: Path, routers_dir: Path):
+    """`model` with every FFN swapped for its MoE version (the split and routers of the earlier stages)."""
     cfg: Config = ctx.method
-    model = load(ctx, model_dir)
-    dense = evaluate(ctx, model)  # same process, same load: the reference for eval_seconds
     ffns = arch.ffns(model)
     groups = torch.load(experts_dir / "experts.pt")
     states = torch.load(routers_dir / "routers.pt")
@@ -197,6 +188,14 @@ def convert_and_evaluate(ctx, model_dir: Path, experts_dir: Path, routers_dir: P
         routers[ffn.name] = router.build(cfg.router, ffn.w_in.weight, groups[ffn.name])
         routers[ffn.name].load_state_dict(states[ffn.name])
     module.moefy(model, ffns, groups, routers)
+    return model, ffns, groups
+
+
+def convert_and_evaluate(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path, path: Path) -> dict:
+    cfg: Config = ctx.method
+    model = load_model_dir(ctx, model_dir)
+    dense = evaluate(ctx, model)  # same process, same load: the reference for eval_seconds
+    model, ffns, groups = moefied(ctx, model, experts_dir, routers_dir)
     ctx.info["parameters"] = {"total": sum(p.numel() for p in model.parameters())}
     results = {}
     for ratio in cfg.ratios:
@@ -211,6 +210,19 @@ def convert_and_evaluate(ctx, model_dir: Path, experts_dir: Path, routers_dir: P
         file.write_text(json.dumps(metrics))
         results[ratio_key(ratio)] = metrics
     return {"dense_eval_seconds": dense["eval_seconds"], "dense_check": dense, "ratios": results}
+
+
+def measure_speed(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path) -> dict:
+    """Dense vs MoE inference at every ratio, timed side by side (runner.speed), one sentence and a batch."""
+    from runner import speed
+
+    cfg: Config = ctx.method
+    dense = load_model_dir(ctx, model_dir)
+    moe, _, _ = moefied(ctx, load_model_dir(ctx, model_dir), experts_dir, routers_dir)
+    models = {"dense": dense, **{f"moe@{ratio_key(r)}": moe for r in cfg.ratios}}
+    prepare = {f"moe@{ratio_key(r)}": (lambda r=r: module.set_ratio(moe, r)) for r in cfg.ratios}
+    return speed.measure(models, reference="dense", vocab_size=len(ctx.tokenizer), repeats=cfg.speed_repeats,
+                         prepare=prepare, device="cuda" if ctx.hardware.device == "cuda" else "cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,14 +303,6 @@ def ratio_key(ratio: float) -> str:
     return repr(float(ratio))
 
 
-def dense_key(ctx) -> dict:
-    task = dataclasses.asdict(ctx.task_cfg)
-    if ctx.method.base_run:
-        return {"base_run": str(Path(ctx.method.base_run).resolve()), "task": task}
-    return {"model": dataclasses.asdict(ctx.model_cfg), "task": task, "train": dataclasses.asdict(ctx.train),
-            "seed": ctx.seed}
-
-
 def relu_train(ctx):
     epochs = ctx.method.relu_epochs
     return ctx.train if epochs is None else dataclasses.replace(ctx.train, epochs=epochs)
@@ -345,56 +349,3 @@ def check_model(ctx, model) -> tuple[int, int]:
         raise UserError(f"method.expert_size={cfg.expert_size} does not divide the FFN width {d_ff} of model "
                         f"{name}; use one of {', '.join(map(str, divisors))} (or set method.num_experts)")
     return d_ff // cfg.expert_size, cfg.expert_size
-
-
-def finished_model(ctx, base_run: str) -> Path:
-    """<base_run>/model of a completed run on the same task, or a one-line error."""
-    run_dir = Path(base_run).expanduser().resolve()
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"method.base_run={base_run}: no readable results.json there; point it at a finetune "
-                        "run directory (outputs/finetune/<task>/<model>/.../seed42)") from None
-    if results.get("status") != "completed":
-        raise UserError(f"method.base_run={base_run}: that run is {results.get('status')}, not completed; "
-                        "finish it first (re-run its command) or drop method.base_run")
-    task = results.get("config", {}).get("task", {}).get("name")
-    if task != ctx.task_cfg.name:
-        raise UserError(f"method.base_run={base_run} was trained on task {task}, not {ctx.task_cfg.name}")
-    if not (run_dir / "model" / "config.json").exists():
-        raise UserError(f"method.base_run={base_run}: no saved model in it; re-run it with "
-                        "method.save_model=true")
-    return run_dir / "model"
-
-
-def load(ctx, model_dir: Path):
-    """A saved model of the configured family with the task's head and pooling (eval mode)."""
-    from runner.models import load_model
-
-    task = ctx.task
-    problem = "regression" if task.is_regression else "single_label_classification"
-    return load_model(ctx.model_cfg, ctx.model_kind, num_labels=task.num_labels, problem_type=problem,
-                      path=str(model_dir)).eval()
-
-
-def save(ctx, model, path: Path) -> None:
-    """Save to <path>/model (written aside, then renamed) and drop the training checkpoints."""
-    tmp = path / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    ctx.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path / "model", ignore_errors=True)
-    tmp.rename(path / "model")
-    shutil.rmtree(path / "checkpoints", ignore_errors=True)
-
-
-def batches(ctx, dataset):
-    """Padded model-input batches over `dataset`, in order."""
-    from torch.utils.data import DataLoader
-
-    from runner.train import collator
-
-    keep = {"input_ids", "attention_mask", "token_type_ids"}
-    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
-    return DataLoader(dataset, batch_size=ctx.train.eval_batch_size, shuffle=False,
-                      collate_fn=collator(ctx.tokenizer, mlm=False))

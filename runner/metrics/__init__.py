@@ -60,7 +60,7 @@ def compute_metrics_fn(task: Any) -> Callable[[Any], dict[str, float]] | None:
 
     Classification: argmax over the last axis of the logits. Regression: the (n, 1) output squeezed.
     """
-    if task.num_labels == 0:
+    if task.is_mlm:
         return None
     names = list(task.metrics)
     regression = bool(task.is_regression)

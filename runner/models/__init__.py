@@ -118,6 +118,55 @@ def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str
     return auto.from_pretrained(path, config=config)
 
 
+def derive_config(cfg: ModelConfig, name: str, **changes) -> ModelConfig:
+    """A random-init model option derived from `cfg` with some architecture keys changed, e.g. a student
+    with fewer layers or another width: derive_config(teacher, "minilm-3l", num_hidden_layers=3). The
+    architecture is `cfg`'s own (its random-init config, or the pretrained weights' config.json); the
+    tokenizer stays `cfg`'s."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    if cfg.architecture is not None:
+        architecture = dict(cfg.architecture)
+    else:
+        path = weights_path(cfg)
+        config = AutoConfig.from_pretrained(path).to_dict()
+        keep = set(AutoConfig.for_model(config["model_type"]).to_dict())  # the family's own keys only
+        architecture = {k: v for k, v in config.items() if k in keep and not k.startswith("_")
+                        and k not in ("architectures", "transformers_version", "dtype", "torch_dtype", "problem_type",
+                                      "num_labels", "id2label", "label2id")}
+        architecture["model_type"] = config["model_type"]
+    unknown = sorted(k for k in changes if k not in architecture
+                     and k not in AutoConfig.for_model(architecture.get("model_type", cfg.family)).to_dict())
+    if unknown:
+        raise UserError(f"model {cfg.name}: no architecture key(s) {', '.join(unknown)} to change")
+    tokenizer = cfg.tokenizer or (f"package:{cfg.package}" if cfg.package and _package_path(cfg.package)
+                                  else weights_path(cfg))
+    return dataclasses.replace(cfg, name=name, source=None, package=None, tokenizer=tokenizer,
+                               architecture={**architecture, **changes})
+
+
+def select_trainable(model, freeze: list[str], trainable: list[str]) -> int:
+    """Set requires_grad by regex over parameter names: with `trainable`, only matching parameters train;
+    `freeze` then excludes matches. Returns the number of trainable tensors (a one-line error for none)."""
+    import re
+
+    try:
+        frozen, only = [re.compile(p) for p in freeze], [re.compile(p) for p in trainable]
+    except re.error as e:
+        raise UserError(f"method.freeze / method.trainable: bad regex ({e})") from None
+    n = 0
+    for name, p in model.named_parameters():
+        keep = not only or any(r.search(name) for r in only)
+        keep = keep and not any(r.search(name) for r in frozen)
+        p.requires_grad_(keep)
+        n += keep
+    if n == 0:
+        raise UserError(f"method.freeze={freeze} / method.trainable={trainable} leave no parameter to train")
+    return n
+
+
 def count_parameters(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

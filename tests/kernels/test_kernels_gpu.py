@@ -50,7 +50,8 @@ def test_moe_ffn_every_config(shape, reduce, dtype, tmp_path, monkeypatch):
     T, d, E, m, k, opts = shape
     p = make_moe_problem(T, d, E, m, k, dtype, device="cuda", **opts)
     ref = moe_ffn_dense_oracle(*(t.cpu() if t is not None else None for t in moe_args(p)))
-    candidates = configs.candidate_configs(m, T * k / E, interpreter=False)
+    candidates = configs.candidate_configs(m, T * k / E, interpreter=False,
+                                           capability=torch.cuda.get_device_capability())
     for cfg in candidates:
         y = moe_ffn_triton(*moe_args(p), "gelu", reduce, config=cfg)
         assert_close_to(y, ref, dtype, GPU_TOL.get(dtype))

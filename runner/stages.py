@@ -4,9 +4,10 @@ small info dict), so a killed or repeated run resumes at the first stage without
 A stage's key is a digest of everything it depends on, including the keys of the stages before it, so a
 changed setting recomputes that stage and every later one. Shared stages (the dense and ReLU fine-tunes,
 the collected inputs, the split) are also registered in a cache folder under paths.cache_dir, keyed by
-that digest: another run needing the same stage (the other cells of a split x router grid) links
-<its run_dir>/<stage> to the finished one instead of recomputing it. A file lock makes concurrent runs
-wait for the one computing it.
+that digest: another run needing the same stage (the other cells of a split x router grid, the students of
+one teacher) links <its run_dir>/<stage> to the finished one instead of recomputing it. A file lock makes
+concurrent runs wait for the one computing it. Each method has its own namespace in the cache
+(<cache_dir>/<namespace>/<stage>-<digest>), so two methods' stages of the same name never collide.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def _done(path: Path, key_digest: str) -> dict | None:
 
 
 class Stages:
-    def __init__(self, run_dir: Path, cache_dir: Path | None, log: Callable[[str], None]):
+    def __init__(self, run_dir: Path, cache_dir: Path | None, log: Callable[[str], None], namespace: str):
         self.run_dir = Path(run_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.log = log
+        self.namespace = namespace
 
     def run(self, name: str, key: Any, build: Callable[[Path], dict], share: bool = False) -> Stage:
         """The finished stage `name` for `key`: from this run dir, from the cache (share=True), or built
@@ -92,10 +94,10 @@ class Stages:
                 self._register(name, key_digest, path)
         return Stage(name, path, key_digest, info, "computed")
 
-    # -- the cache: <cache_dir>/moefication/<stage>-<digest> is a symlink to a finished stage directory
+    # -- the cache: <cache_dir>/<namespace>/<stage>-<digest> is a symlink to a finished stage directory
 
     def _entry(self, name: str, key_digest: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / "moefication" / f"{name}-{key_digest}"
+        return None if self.cache_dir is None else self.cache_dir / self.namespace / f"{name}-{key_digest}"
 
     def _shared(self, name: str, key_digest: str) -> Path | None:
         entry = self._entry(name, key_digest)

@@ -1,0 +1,131 @@
+"""A finished run's model as the base or teacher of another run, and saving models so they reload.
+
+Methods compose through run directories: MoEfication, distillation and pruning start from a fine-tuned
+model, knowledge inheritance and prompt tuning from a pre-trained one. Either it is given as a finished
+run (`method.base_run=` / `method.teacher_run=` <run dir>) or it is computed here as a stage that is shared
+between runs through the stage cache (runner/stages.py).
+
+    model_dir = finished_run(cfg.teacher_run, key="method.teacher_run", task=ctx.task_cfg.name)
+    teacher = load_model_dir(ctx, model_dir, model_cfg=ctx.teacher_cfg)
+    dense = fine_tuned(ctx, stages, "dense")            # stage: dense.path / "model"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.stages import Stage, Stages
+
+
+def finished_run(path: str, *, key: str, task: str | None = None) -> Path:
+    """<path>/model of a completed run (on `task`, when given), or a one-line error naming the fix."""
+    run_dir = Path(path).expanduser().resolve()
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{key}={path}: no readable results.json there; point it at a finished run directory "
+                        "(e.g. outputs/finetune/<task>/<model>/default/seed42)") from None
+    if results.get("status") != "completed":
+        raise UserError(f"{key}={path}: that run is {results.get('status')}, not completed; "
+                        f"finish it first (re-run its command) or drop {key}")
+    trained_on = results.get("config", {}).get("task", {}).get("name")
+    if task is not None and trained_on != task:
+        raise UserError(f"{key}={path} was trained on task {trained_on}, not {task}")
+    if not (run_dir / "model" / "config.json").exists():
+        raise UserError(f"{key}={path}: no saved model in it; re-run it with method.save_model=true")
+    return run_dir / "model"
+
+
+def run_model_config(model_dir: Path):
+    """The ModelConfig a finished run was made with (its results.json), or None when it has none."""
+    from runner.config import build
+    from runner.models import ModelConfig
+
+    try:
+        results = json.loads((Path(model_dir).parent / "results.json").read_text())
+        return build(ModelConfig, results["config"]["model"], "model")
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def load_model_dir(ctx, model_dir: Path, *, kind: str | None = None, model_cfg=None):
+    """A saved model with the task's head (`kind`: classification | mlm | base; default the task's) and
+    the pooling of `model_cfg` (default the run's model), in eval mode."""
+    from runner.models import load_model
+
+    task = ctx.task
+    problem = "regression" if task.is_regression else "single_label_classification"
+    return load_model(model_cfg or ctx.model_cfg, kind or ctx.model_kind, num_labels=task.num_labels,
+                      problem_type=problem, path=str(model_dir)).eval()
+
+
+def save_model(ctx, model, path: Path, name: str = "model") -> Path:
+    """Save model and tokenizer to <path>/<name>: written aside, then renamed, so a model directory that
+    exists is complete (a run killed mid-save leaves only <name>.tmp, which the next save replaces)."""
+    path = Path(path)
+    tmp, final = path / f"{name}.tmp", path / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    ctx.tokenizer.save_pretrained(tmp)
+    if final.is_symlink():
+        final.unlink()
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def fine_tune_key(ctx, model_cfg=None, base_run: str | None = None, train=None) -> dict:
+    """Everything a fine-tuned model depends on (the stage digest): model, task, training settings, seed;
+    or the base run's location when the model comes from a finished run."""
+    task = dataclasses.asdict(ctx.task_cfg)
+    if base_run:
+        return {"base_run": str(Path(base_run).resolve()), "task": task}
+    return {"model": dataclasses.asdict(model_cfg or ctx.model_cfg), "task": task,
+            "train": dataclasses.asdict(train or ctx.train), "seed": ctx.seed}
+
+
+def fine_tuned(ctx, stages: Stages, name: str, *, model_cfg=None, base_run: str | None = None, train=None,
+               check: Callable | None = None, base_key: str = "method.base_run") -> Stage:
+    """The stage `name` holding `model_cfg` (default the run's model) fine-tuned on the task with `train`
+    (default the run's train config), at <stage>/model; or a link to `base_run`'s model. Shared through
+    the stage cache, so every run that needs the same fine-tuned model computes it once. `check(model)`
+    runs before any training (a method's one-line refusals)."""
+    from runner.evaluation import evaluate
+    from runner.train import fit
+
+    def build(path: Path) -> dict:
+        if base_run:
+            source = finished_run(base_run, key=base_key, task=ctx.task_cfg.name)
+            model = load_model_dir(ctx, source, model_cfg=model_cfg)
+            if check is not None:
+                check(model)
+            link = path / "model"
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(source, target_is_directory=True)
+            return {"base_run": str(source.parent), "metrics": evaluate(ctx, model)}
+        model = ctx.new_model(model_cfg=model_cfg)
+        if check is not None:
+            check(model)
+        result = fit(ctx, model, output=f"{path.name}/checkpoints", train=train)
+        save_model(ctx, model, path)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        return {"metrics": evaluate(ctx, model), "train": result["train"]}
+
+    return stages.run(name, fine_tune_key(ctx, model_cfg, base_run, train), build, share=True)
+
+
+def input_batches(ctx, dataset, batch_size: int | None = None):
+    """Padded model-input batches (no labels) over `dataset`, in order: for collecting activations,
+    caching teacher outputs or timing."""
+    from torch.utils.data import DataLoader
+
+    from runner.tasks.collators import collator, model_inputs
+
+    return DataLoader(model_inputs(dataset, labels=False), batch_size=batch_size or ctx.train.eval_batch_size,
+                      shuffle=False, collate_fn=collator(ctx.tokenizer, mlm=False))
