@@ -137,6 +137,7 @@ class Schedule(TrainerCallback):
     def __init__(self, cfg: Config, found: dict, modules: dict):
         self.cfg, self.found, self.modules = cfg, found, modules
         self.schedule: CubicSchedule | None = None
+        self.final_done = False  # magnitude: masks set at the final sparsity, then fixed (Zhu & Gupta)
 
     def level(self, step: int) -> float:
         return self.schedule(step) if self.schedule else 0.0
@@ -151,11 +152,18 @@ class Schedule(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.apply(state.global_step)
 
+    def on_train_end(self, args, state, control, **kwargs):
+        # the saved model has exactly the final level (also when `end` is 1, or training stopped early)
+        self.apply(self.schedule.total_steps, force=not self.final_done)
+
     def apply(self, step: int, force: bool = False) -> None:
         if self.cfg.pruner != "magnitude":
             masks.set_level(self.found, self.level(step))
-        elif force or step % self.cfg.update_every == 0 or step >= self.cfg.end * self.schedule.total_steps:
+            return
+        reached = step >= self.cfg.end * self.schedule.total_steps
+        if force or (not reached and step % self.cfg.update_every == 0) or (reached and not self.final_done):
             masks.update_magnitude(self.modules, self.level(step), self.cfg.scope)
+            self.final_done = reached
 
 
 def fine_prune(ctx, stages) -> dict:
@@ -215,13 +223,11 @@ def importance_batches(ctx):
     """A fresh pass over the first `importance_batches` labelled training batches (fixed order)."""
     from torch.utils.data import DataLoader
 
-    from runner.tasks.collators import collator
+    from runner.tasks.collators import collator, model_inputs
 
-    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
     data = ctx.data["train"]
-    n = min(len(data), ctx.method.importance_batches * ctx.train.eval_batch_size)
-    data = data.select(range(n)).remove_columns([c for c in data.column_names if c not in keep])
-    loader = DataLoader(data, batch_size=ctx.train.eval_batch_size, shuffle=False,
+    data = data.select(range(min(len(data), ctx.method.importance_batches * ctx.train.eval_batch_size)))
+    loader = DataLoader(model_inputs(data), batch_size=ctx.train.eval_batch_size, shuffle=False,
                         collate_fn=collator(ctx.tokenizer, mlm=False))
     return lambda: iter(loader)
 
