@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -208,6 +209,7 @@ def fine_prune(ctx, stages) -> dict:
     ctx.log(f"prune: {measured['overall']:.4f} of {measured['pruned_parameters']} weights are zero")
     metrics = evaluate(ctx, model)
     artifacts.save_model(ctx, model, ctx.run_dir)
+    shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # weights + scores + optimizer: large, done with
     out = {"metrics": metrics, "best": result["best"], "train": result["train"], "sparsity": measured,
            "remaining": 1 - measured["overall"]}
     if dense_metrics is not None:
@@ -254,9 +256,9 @@ def prune_structure(ctx, stages) -> dict:
         ctx.log("speed: not measured for T5 (the speed block's random inputs have no </s>)")
     else:
         speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
-    out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated,
-           "sizes": arch.layer_sizes(model), "parameters_kept": (count_parameters(model)["total"]
-                                                                  / count_parameters(dense)["total"])}
+    out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated, "removed_heads": heads,
+           "sizes": arch.layer_sizes(model),
+           "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:
         result = fit(ctx, model, output="recovery", teacher=dense if cfg.alpha_kd > 0 else None,
                      loss_fn=kd_loss(cfg) if cfg.alpha_kd > 0 else None,
@@ -264,7 +266,8 @@ def prune_structure(ctx, stages) -> dict:
         out["train"] = result["train"]
     out["metrics"] = evaluate(ctx, model)
     saved = artifacts.save_model(ctx, model, ctx.run_dir)
-    out["plan"] = {k: v for k, v in plan.save_plan(model, saved).items() if k != "family"}["sizes"]
+    shutil.rmtree(ctx.path("recovery"), ignore_errors=True)
+    plan.save_plan(model, saved)  # beside the weights: runner.prune.plan.load_pruned rebuilds the shapes
     return out
 
 
