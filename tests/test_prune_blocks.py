@@ -246,3 +246,12 @@ def test_magnitude_head_masking_is_one_round_of_the_smallest_heads():
     assert all(imp[i, h] <= kept_min for i, h in masked)
     with pytest.raises(UserError, match="head_importance"):
         structured.mask_heads(tiny("bert"), None, 0.25, 0.1, how="entropy")
+
+
+def test_t5_selection_is_encoder_unless_the_decoder_is_named():
+    model = tiny("t5")
+    enc = masks.select(model, ["attention", "ffn"])
+    assert enc and all(".encoder." in n for n in enc)
+    dec = masks.select(model, ["decoder_attention", "decoder_ffn"])
+    assert dec and all(".decoder." in n for n in dec)
+    assert any("EncDecAttention" in n for n in dec)

@@ -102,15 +102,18 @@ class SoftMovementMask(nn.Module):
 
 
 def select(model: nn.Module, matrices: list[str]) -> dict[str, nn.Linear]:
-    """{module name: Linear} to prune. "attention" = every attention's q, k, v, o; "ffn" = every FFN's
-    W_in (W_gate) and W_out (arch); anything else is a regex over the names of the model's Linear modules."""
+    """{module name: Linear} to prune. "attention" = every encoder attention's q, k, v, o; "ffn" = every
+    encoder FFN's W_in (W_gate) and W_out (arch); "decoder_attention" / "decoder_ffn" the same in a T5
+    decoder (self and cross attention); anything else is a regex over the names of the Linear modules."""
     by_id = {id(m): n for n, m in model.named_modules()}
     chosen: dict[str, nn.Linear] = {}
     for item in matrices:
-        if item == "attention":
-            found = [lin for a in arch.attentions(model) for lin in (a.q, a.k, a.v, a.o)]
-        elif item == "ffn":
-            found = [lin for f in arch.ffns(model) for lin in (f.w_in, f.w_gate, f.w_out) if lin is not None]
+        stack = "decoder" if item.startswith("decoder_") else "encoder"
+        if item in ("attention", "decoder_attention"):
+            found = [lin for a in arch.attentions(model, stack=stack) for lin in (a.q, a.k, a.v, a.o)]
+        elif item in ("ffn", "decoder_ffn"):
+            found = [lin for f in arch.ffns(model, stack=stack) for lin in (f.w_in, f.w_gate, f.w_out)
+                     if lin is not None]
         else:
             try:
                 pattern = re.compile(item)
