@@ -3,9 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from runner import cli_errors
 from runner.results import register_resolvers
 
 register_resolvers()
+cli_errors.install()  # Hydra's composition errors (typos in keys, unknown options) as one `error:` line
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

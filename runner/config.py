@@ -7,8 +7,10 @@ files that drifted from the code, and bad values, each with one line that names 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 from runner.errors import UserError
@@ -23,7 +25,7 @@ def build(cls, values: dict[str, Any], where: str):
     fields = _fields(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
+        raise UserError(unknown_key_message(where, unknown, list(fields)))
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -35,6 +37,22 @@ def build(cls, values: dict[str, Any], where: str):
         return cls(**values)
     except ValueError as e:  # the dataclass's own checks (__post_init__)
         raise UserError(str(e)) from None
+
+
+def closest(name: str, options: Iterable[str]) -> str | None:
+    """The option most like `name` (difflib), or None when nothing is close."""
+    found = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_key_message(where: str, unknown: list[str], valid: list[str]) -> str:
+    """`unknown key method.ratoi; did you mean method.ratios? valid keys: ...` (where="" for top level)."""
+    prefix = f"{where}." if where else ""
+    hints = [f"{prefix}{match}" for key in unknown if (match := closest(key, valid))]
+    message = f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}"
+    if hints:
+        message += f"; did you mean {' or '.join(hints)}?"
+    return f"{message}{'' if hints else ';'} valid keys: {', '.join(valid)}"
 
 
 def _check_type(value, hint, where: str) -> None:

@@ -12,7 +12,11 @@ from runner.errors import UserError
 
 METHODS: dict[str, str] = {
     "finetune": "runner.methods.finetune:run",
+    "ki": "runner.methods.ki:run",
     "moefication": "runner.methods.moefication:run",
+    "peft": "runner.methods.peft:run",
+    "pretrain": "runner.methods.pretrain:run",
+    "prompt": "runner.methods.prompt:run",
     "prune": "runner.methods.prune:run",
 }
 

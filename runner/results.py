@@ -24,7 +24,7 @@ from typing import Any
 RESULTS = "results.json"
 # Keys the run directory itself writes into results.json (start/finish/_fail); a method may not return them.
 RESERVED = ("status", "run_dir", "started_at", "attempts", "host", "command", "overrides", "fingerprint",
-            "git_commit", "versions", "config", "finished_at", "wall_time_s", "error", "traceback")
+            "git_commit", "versions", "config", "data", "finished_at", "wall_time_s", "error", "traceback")
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "peft", "evaluate", "triton", "plm-runner")
 
 
@@ -132,7 +132,7 @@ class RunDir:
         self.results = {}
         return moved
 
-    def start(self, config: dict, overrides: list[str]) -> None:  # sets the RESERVED keys below
+    def start(self, config: dict, overrides: list[str], data: dict | None = None) -> None:  # sets the RESERVED keys below
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self.results
         self.results = {
@@ -147,6 +147,7 @@ class RunDir:
             "git_commit": git_commit(),
             "versions": versions(),
             "config": config,
+            "data": data,  # digest of the task's files (runner/tasks/digest.py): re-runs compare it
         }
         self._t0 = time.time()
         # Wall time accumulates across resumed attempts.

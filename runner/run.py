@@ -14,11 +14,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from runner import registry
-from runner.config import build, to_dict
+from runner import preflight, registry
+from runner.config import build, to_dict, unknown_key_message
 from runner.errors import UserError
 from runner.requeue import Requeue
 from runner.results import RESERVED, RunDir, diff_keys, fingerprint
+from runner.tasks import digest
 
 log = logging.getLogger("runner")
 
@@ -41,14 +42,15 @@ def make_context(cfg: DictConfig, run_dir: Path):
     from runner.train import TrainConfig
 
     c = to_dict(cfg)
+    preflight.top_level(c)
     known = {"model", "teacher", "method", "task", "train", "hardware", "logger", "paths", "seed", "data_dir",
              "force", "experiment"}
     unknown = sorted(set(c) - known)
     if unknown:
-        raise UserError(f"unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        raise UserError(unknown_key_message("", unknown, sorted(known)))
     return Context(
         run_dir=run_dir,
-        seed=int(c["seed"]),
+        seed=c["seed"],
         data_dir=c.get("data_dir"),
         cache_dir=c["paths"].get("cache_dir"),
         method=build(registry.config_class(c["method"]["name"]), c["method"], "method"),
@@ -61,14 +63,15 @@ def make_context(cfg: DictConfig, run_dir: Path):
     )
 
 
-def check_existing(rd: RunDir, config: dict, force: bool) -> bool:
-    """True when the run is already completed and must be skipped. Refuses to mix configs in one dir."""
+def check_existing(rd: RunDir, config: dict, force: bool, data: dict | None = None) -> bool:
+    """True when the run is already completed and must be skipped. Refuses to mix configs (or data) in one dir."""
     if rd.status is None:
         return False
     old = rd.results.get("config") or {}
-    if rd.results.get("fingerprint") not in (None, fingerprint(config)) and not force:
+    other_data = digest.differs(rd.results.get("data"), data)
+    if (rd.results.get("fingerprint") not in (None, fingerprint(config)) or other_data) and not force:
         keys = [k for k in diff_keys(old, config) if k.split(".")[0] not in
-                ("hardware", "logger", "paths", "force", "data_dir")]
+                ("hardware", "logger", "paths", "force", "data_dir")] + ["data"] * other_data
         raise UserError(f"{rd.path} holds a run of a different config (differs in: {', '.join(keys[:6]) or '?'}); "
                         "pass force=true to redo it there (the old results are kept aside)")
     if force:
@@ -85,13 +88,18 @@ def run(cfg: DictConfig) -> float | None:
     config = to_dict(cfg)
     rd = RunDir(run_dir)
     try:
-        if check_existing(rd, config, bool(cfg.force)):
+        preflight.top_level(config)
+        data = digest.for_config(config)  # the content of the task's files: part of the run's identity
+        if check_existing(rd, config, bool(cfg.force), data):
             metrics = rd.results.get("metrics", {})
             print(f"skipped: already completed; results in {run_dir / 'results.json'}")
             return _main_metric(cfg, metrics)
         ctx = make_context(cfg, run_dir)
+        preflight.before_start(ctx)  # data loads, model-config checks: before the run directory is taken
     except UserError as e:
-        return _fail(None, e, multirun)
+        preflight.discard(run_dir, config.get("paths", {}).get("output_root"))
+        _fail(None, e, multirun)
+        raise  # multirun: no results.json records it; the sweep summary reads it from the job's exception
 
     from runner import hardware
 
@@ -103,7 +111,7 @@ def run(cfg: DictConfig) -> float | None:
 
     main = hardware.is_main_process()
     if main:
-        rd.start(config, overrides)
+        rd.start(config, overrides, data=data)
     try:
         hardware.apply(ctx.hardware)
         from runner import logger as tracking

@@ -33,6 +33,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.results import RESULTS, RunDir, fingerprint
+from runner.tasks import digest
 
 log = logging.getLogger("runner")
 
@@ -94,7 +95,8 @@ def plan(launcher: Launcher, job_overrides: Sequence[Sequence[str]], initial_job
         job = Job(idx, list(overrides), config, run_dir)
         rd = RunDir(run_dir)
         if (plain and rd.status == "completed" and not plain.get("force")
-                and rd.results.get("fingerprint") in (None, fingerprint(plain))):
+                and rd.results.get("fingerprint") in (None, fingerprint(plain))
+                and not digest.differs(rd.results.get("data"), digest.for_config(plain))):  # other data: the job refuses
             job.outcome = "skipped"
             job.value = _main_metric(task_cfg, rd.results.get("metrics") or {})
             print(f"skipped: already completed; results in {run_dir / RESULTS}")

@@ -89,7 +89,7 @@ def test_unknown_keys_fail_loudly(tmp_path):
     from runner.errors import UserError
 
     cfg = compose(["+method.foo=1"])
-    with pytest.raises(UserError, match="method: unknown key\\(s\\) foo; valid keys: name"):
+    with pytest.raises(UserError, match="unknown key method.foo; valid keys: name"):
         make_context(cfg, tmp_path)
     cfg = compose(["train.epochs=abc"])
     with pytest.raises(UserError, match="train.epochs: 'abc' is not a valid float"):

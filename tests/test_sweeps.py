@@ -50,13 +50,13 @@ def test_local_jobs_sweep_resumes_and_reports_failures(tmp_path, shared_data):
     assert results(tmp_path) == runs
 
     # The default launcher (one job after another here): a bad job first; the next one still runs.
-    # seed=x raises a plain ValueError in the job before results.json exists.
+    # seed=x is refused in the job before results.json exists; the summary has its one line.
     mixed = run_cli("-m", *common, "seed=x,4,1")
     assert mixed.returncode == 1, mixed.stderr[-3000:]
     out = mixed.stdout
     assert "sweep summary: 1 completed, 1 skipped (already completed), 1 failed, of 3 jobs" in out, out[-3000:]
     failure = out[out.index("  failed: seed=x"):].splitlines()
-    assert failure[1].startswith("    error: ValueError: invalid literal for int()")
+    assert failure[1].startswith("    error: UserError: seed='x' is not an integer")
     assert failure[2].startswith("    run directory: ") and failure[2].endswith("/seedx")
     assert results(tmp_path)["seed4"]["status"] == "completed"
 

@@ -46,7 +46,7 @@ def sst2():
 def test_every_task_yaml_matches_task_config():
     fields = {f.name for f in dataclasses.fields(TaskConfig)}
     paths = sorted(TASK_CONF.rglob("*.yaml"))
-    assert len(paths) == 11
+    assert len(paths) == 12
     for path in paths:
         raw = OmegaConf.load(path)
         assert set(raw.keys()) == fields, path

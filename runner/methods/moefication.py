@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from runner.artifacts import fine_tuned, input_batches, load_model_dir, save_model
+from runner.artifacts import fine_tuned, finished_run, input_batches, load_model_dir, save_model
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.models import arch
@@ -109,7 +109,7 @@ def relufy(ctx, dense_model: Path, path: Path) -> dict:
     model = load_model_dir(ctx, dense_model)
     arch.set_ffn_activation(model, "relu")
     before = evaluate(ctx, model)
-    ctx.log(f"relufy: accuracy right after the swap {before.get(ctx.task.main_metric)}")
+    ctx.log(f"relufy: {ctx.task.main_metric} right after the swap {before.get(ctx.task.main_metric)}")
     result = fit(ctx, model, output=f"{path.name}/checkpoints", train=relu_train(ctx))
     save_model(ctx, model, path)
     shutil.rmtree(path / "checkpoints", ignore_errors=True)
@@ -326,6 +326,15 @@ def router_key(ctx, experts: Stage, inputs: Stage) -> dict:
     if cfg.router == "mlp":
         key.update(epochs=cfg.router_epochs, lr=cfg.router_lr, batch_size=cfg.router_batch_size)
     return key
+
+
+def check(ctx) -> None:
+    """check_model on the model's skeleton (config only): runner/preflight.py runs it before weights load."""
+    from runner.models import skeleton
+
+    base_run = ctx.method.base_run
+    base = finished_run(base_run, key="method.base_run", task=ctx.task_cfg.name) if base_run else None
+    check_model(ctx, skeleton(ctx.model_cfg, base and str(base)))
 
 
 def check_model(ctx, model) -> tuple[int, int]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,26 +99,76 @@ def load_model(cfg: ModelConfig, kind: str = "classification", num_labels: int |
     return model
 
 
-def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str | None, path: str | None):
+def model_config(cfg: ModelConfig, path: str | None = None, **head: Any):
+    """The transformers config of the model `load_model` would build (no weights read): from `path`, the
+    configured weights, or `architecture` for random init; `head` adds num_labels / problem_type."""
     from transformers import AutoConfig
 
     if cfg.family not in FAMILIES:
         raise UserError(f"model {cfg.name}: family '{cfg.family}' is not supported; supported: {', '.join(FAMILIES)}")
-    head = {}
-    if kind == "classification":
-        head = {"num_labels": num_labels, "problem_type": problem_type}
     path = path or weights_path(cfg)
-    auto = _auto_class(kind)
     if path is None:
         arch = dict(cfg.architecture or {})
         model_type = arch.pop("model_type", cfg.family)
-        config = AutoConfig.for_model(model_type, **arch, **head)
-        return auto.from_config(config)
+        return AutoConfig.for_model(model_type, **arch, **head)
     config = AutoConfig.from_pretrained(path, **head)
     if config.model_type not in FAMILIES:
         raise UserError(f"model {cfg.name}: {path} is a '{config.model_type}' model; "
                         f"supported families: {', '.join(FAMILIES)}")
-    return auto.from_pretrained(path, config=config)
+    return config
+
+
+def skeleton(cfg: ModelConfig, path: str | None = None):
+    """The model's backbone on the meta device: its modules and shapes without memory or weights, for
+    config checks that runner.models.arch answers before anything loads (runner/preflight.py)."""
+    import torch
+
+    with torch.device("meta"):
+        return _auto_class("base").from_config(model_config(cfg, path))
+
+
+def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str | None, path: str | None):
+    head = {}
+    if kind == "classification":
+        head = {"num_labels": num_labels, "problem_type": problem_type}
+    path = path or weights_path(cfg)
+    config = model_config(cfg, path, **head)
+    auto = _auto_class(kind)
+    if path is None:
+        return auto.from_config(config)
+    with quiet_loading():
+        return auto.from_pretrained(path, config=config)
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' weight-loading report and progress bar stay off the console (a fresh head's missing
+    weights are expected); its warnings go to the runner log at debug level (run.log with hydra.verbose)."""
+    from transformers.utils import logging as hf_logging
+
+    library = hf_logging.get_logger()  # the "transformers" root logger, with its own console handler
+    handlers = [(h, h.level) for h in library.handlers]
+    capture = _ToDebug(logging.WARNING)
+    bars = hf_logging.is_progress_bar_enabled()
+    for handler, _ in handlers:
+        handler.setLevel(logging.ERROR)
+    library.addHandler(capture)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        library.removeHandler(capture)
+        for handler, level in handlers:
+            handler.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class _ToDebug(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # the report's terminal colours
+            logging.getLogger("runner").debug("transformers: %s", text)
 
 
 def derive_config(cfg: ModelConfig, name: str, **changes) -> ModelConfig:

@@ -63,6 +63,10 @@ def load(cfg: TaskConfig | Any, data_dir: str | None, seed: int) -> Task:
     if config.max_eval_samples is not None:
         validation = validation.select(sampling.subsample(len(validation), config.max_eval_samples,
                                                           config.split_seed))
+    for split, rows in ((config.train_split, train), (config.eval_split, validation)):
+        if len(rows) == 0:  # e.g. a text file of headings only; GLUE files name their own empty file
+            raise TaskDataError(f"task {config.name}: the {split} split has no rows; add examples to its "
+                                "file or point data_dir at complete data")
     test = None
     if config.k_shot is not None:
         bins = sampling.k_shot_bins(train["label"], config.is_regression)

@@ -23,6 +23,23 @@ def bbc_folder() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
 
 
+def bbc_files() -> dict[str, Path]:
+    """The packaged BBC News files by name relative to the corpus folder (<class>/<file>.txt)."""
+    folder = bbc_folder()
+    if folder is None or not folder.is_dir():
+        return {}
+    return {str(path.relative_to(folder)): path for path in sorted(folder.glob("*/*.txt"))}
+
+
+def text_files(cfg: TaskConfig, data_dir: str | None) -> dict[str, Path]:
+    """The text loader's files by name relative to data_dir (those that exist)."""
+    if not data_dir:
+        return {}
+    root = Path(data_dir).expanduser()
+    names = {(cfg.files or {}).get(split) for split in (cfg.train_split, cfg.eval_split)} - {None}
+    return {name: root / name for name in sorted(names) if (root / name).is_file()}
+
+
 def read_bbc(cfg: TaskConfig) -> tuple[list[str], list[int]]:
     """Texts and label ids, classes and files in sorted order; exact duplicate texts are kept once.
 

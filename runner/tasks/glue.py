@@ -83,6 +83,15 @@ def load_splits(cfg: TaskConfig, data_dir: str | None) -> dict[str, Any]:
     return {split: load_from_hub(cfg, split) for split in splits}
 
 
+def source_files(cfg: TaskConfig, data_dir: str | None) -> dict[str, Path]:
+    """The local files this task reads, by name relative to data_dir; {} when it would use the hub."""
+    if not data_dir or cfg.subset not in GLUE_COLUMNS:
+        return {}
+    root = Path(data_dir).expanduser()
+    found = {split: find_file(root / "glue" / cfg.subset, split) for split in (cfg.train_split, cfg.eval_split)}
+    return {str(path.relative_to(root)): path for path in found.values() if path is not None}
+
+
 def find_file(folder: Path, split: str) -> Path | None:
     for stem in (split, DISTRIBUTION_STEMS.get(split)):
         for fmt in FORMATS:
@@ -112,8 +121,14 @@ def read_file(cfg: TaskConfig, columns: Columns, path: Path):
         header, rows = read_parquet(path)
     else:
         header, rows = read_jsonl(path)
-    sources = {out: pick(header, columns.text[out], cfg, path) for out in cfg.text_fields}
-    sources["label"] = pick(header, columns.label, cfg, path)
+    if not rows and not header:  # jsonl / parquet without a single record
+        raise TaskDataError(f"task {cfg.name}: {path} has no rows; add examples or point data_dir at complete data")
+    wanted = [columns.text[out] for out in cfg.text_fields] + [columns.label]
+    sources = {out: pick(header, columns.text[out], cfg, path, wanted) for out in cfg.text_fields}
+    sources["label"] = pick(header, columns.label, cfg, path, wanted)
+    if not rows:
+        raise TaskDataError(f"task {cfg.name}: {path} has a header but no rows; add examples (one per line "
+                            "below the header) or point data_dir at complete data")
     data: dict[str, list] = {out: [] for out in sources}
     for line, row in rows:
         for out in cfg.text_fields:
@@ -125,12 +140,18 @@ def read_file(cfg: TaskConfig, columns: Columns, path: Path):
     return datasets.Dataset.from_dict(data, features=features(cfg))
 
 
-def pick(header: list[str], names: tuple[str, ...], cfg: TaskConfig, path: Path) -> int:
+def pick(header: list[str], names: tuple[str, ...], cfg: TaskConfig, path: Path,
+         wanted: list[tuple[str, ...]] = ()) -> int:
     for name in names:
         if name in header:
             return header.index(name)
-    raise TaskDataError(f"task {cfg.name}: {path} has no column {' or '.join(map(repr, names))} "
-                        f"(header: {header})")
+    if path.suffix == ".tsv" and not any(n in header for accepted in wanted for n in accepted):
+        # No expected name at all: the first line is data, not a header.
+        expected = "<TAB>".join(accepted[0] for accepted in wanted)
+        raise TaskDataError(f"task {cfg.name}: {path} line 1 is not a header (no column "
+                            f"{' or '.join(map(repr, names))}); add the header line {expected} as line 1")
+    raise TaskDataError(f"task {cfg.name}: {path} line 1: the header {header} has no column "
+                        f"{' or '.join(map(repr, names))}; rename that column")
 
 
 def parse_label(cfg: TaskConfig, value: Any, path: Path, line: int) -> int | float:
@@ -160,7 +181,7 @@ def read_tsv(path: Path, headerless: tuple[str, ...] | None) -> tuple[list[str],
     lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line]  # blank lines carry no row
     if not numbered:
-        raise TaskDataError(f"{path}: empty file")
+        raise TaskDataError(f"{path}: empty file; add a header line and examples or point data_dir at complete data")
     first = numbered[0][1].split("\t")
     # A headerless file (CoLA) is recognised by its first row not naming the known columns.
     if headerless and len(first) == len(headerless) and not set(first) & set(headerless[1:]):

@@ -1,0 +1,187 @@
+"""The validation curve of an MLM run, and the comparison the KI paper makes with it.
+
+    curve.csv   step, eval_loss, eval_perplexity, and the training terms logged nearest before that step
+                (loss, loss_alpha, loss_mlm, loss_kd: the KI terms recorded through LossState.log)
+    curve.png   validation loss vs step
+
+`steps_fraction(ki, scratch)`: the steps the KI student needs to reach the from-scratch student's final
+validation loss, as a fraction of the scratch run's steps (< 1: KI saves that share of the steps). The
+crossing is interpolated linearly between the two evaluations around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+COLUMNS = ("step", "eval_loss", "eval_perplexity", "loss", "loss_alpha", "loss_mlm", "loss_kd", "learning_rate")
+
+
+def rows_from_history(history: list[dict]) -> list[dict]:
+    """One row per evaluation (Trainer log_history entries with eval_loss), with the latest training
+    log entry at or before its step."""
+    rows, last_train = [], {}
+    for entry in sorted(history, key=lambda h: (h.get("step", 0), "eval_loss" in h)):
+        if "eval_loss" not in entry:
+            if "loss" in entry or any(k.startswith("loss_") for k in entry):
+                last_train = entry
+            continue
+        row = {"step": int(entry["step"]), "eval_loss": float(entry["eval_loss"]),
+               "eval_perplexity": math.exp(min(float(entry["eval_loss"]), 50.0))}
+        row.update({k: last_train[k] for k in COLUMNS[3:] if k in last_train})
+        rows = [r for r in rows if r["step"] != row["step"]] + [row]  # a re-evaluation replaces the point
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
+    tmp.replace(path)
+
+
+def read_csv(path: str | Path) -> list[tuple[int, float]]:
+    """(step, validation loss) points of a curve.csv, by step."""
+    with Path(path).open() as handle:
+        points = [(int(r["step"]), float(r["eval_loss"])) for r in csv.DictReader(handle) if r["eval_loss"]]
+    return sorted(points)
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> Path:
+    """Validation loss vs step, one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        if points:
+            ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MLM loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+class CurveCallback(TrainerCallback):
+    """Rewrites <folder>/curve.csv and curve.png after every evaluation and at the end of training. The
+    Trainer restores log_history from the checkpoint on resume, so a resumed run's curve is whole."""
+
+    def __init__(self, folder: Path, title: str = "", extra: dict[str, list[tuple[int, float]]] | None = None,
+                 label: str = "this run"):
+        self.folder = Path(folder)
+        self.label = label
+        self.title = title
+        self.extra = extra or {}
+
+    def write(self, history: list[dict]) -> list[dict]:
+        rows = rows_from_history(history)
+        write_csv(rows, self.folder / "curve.csv")
+        if rows:
+            plot({self.label: [(r["step"], r["eval_loss"]) for r in rows], **self.extra},
+                 self.folder / "curve.png", self.title)
+        return rows
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state.log_history)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state.log_history)
+
+
+def steps_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
+    """The first step at which the curve is at or below `target`, interpolated between the evaluation
+    before and the one at the crossing; None if it never gets there."""
+    previous = None
+    for step, value in points:
+        if value <= target:
+            if previous is None or previous[1] == value:
+                return float(step)
+            (s0, v0) = previous
+            return s0 + (step - s0) * (v0 - target) / (v0 - value)
+        previous = (step, value)
+    return None
+
+
+def steps_fraction(ki: list[tuple[int, float]], scratch: list[tuple[int, float]]) -> float | None:
+    """Steps the KI curve needs to reach the scratch curve's final loss, over the scratch run's steps."""
+    if not ki or not scratch:
+        return None
+    final_step, final_loss = scratch[-1]
+    reached = steps_to_reach(ki, final_loss)
+    return None if reached is None or final_step <= 0 else reached / final_step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe's figure: every completed ki run under a folder, mean curve per schedule and of the scratch runs
+
+def collect_runs(root: Path) -> list[dict]:
+    """Completed method=ki runs under `root`: {"schedule", "seed", "ki": points, "scratch": points}."""
+    import json
+
+    runs = []
+    for results in sorted(Path(root).rglob("results.json")):
+        try:
+            r = json.loads(results.read_text())
+        except (OSError, ValueError):
+            continue
+        method = r.get("config", {}).get("method", {})
+        if r.get("status") != "completed" or method.get("name") != "ki" or not (results.parent / "curve.csv").exists():
+            continue
+        scratch = results.parent / "scratch" / "curve.csv"
+        runs.append({"schedule": f"KI {method.get('schedule')} (a0={method.get('alpha0')})", "seed": r["config"]["seed"],
+                     "ki": read_csv(results.parent / "curve.csv"), "scratch": read_csv(scratch) if scratch.exists() else []})
+    return runs
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Pointwise mean over the curves, at the steps all of them have."""
+    steps = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
+    return [(s, sum(dict(c)[s] for c in curves) / len(curves)) for s in sorted(steps)]
+
+
+def summarize(root: Path, out: Path) -> dict:
+    """<out>/ki-curves.png (mean validation loss per schedule and of the scratch students, over seeds) and
+    <out>/ki-steps.csv (steps_fraction per run, recomputed from the curves)."""
+    runs = collect_runs(root)
+    out.mkdir(parents=True, exist_ok=True)
+    by_schedule: dict[str, list[dict]] = {}
+    for run in runs:
+        by_schedule.setdefault(run["schedule"], []).append(run)
+    scratch = {run["seed"]: run["scratch"] for run in runs if run["scratch"]}
+    curves = {f"scratch (MLM only), {len(scratch)} seeds": mean_curve(list(scratch.values()))}
+    curves.update({f"{name}, {len(group)} seeds": mean_curve([r["ki"] for r in group])
+                   for name, group in sorted(by_schedule.items())})
+    plot({k: v for k, v in curves.items() if v}, out / "ki-curves.png", "validation MLM loss, mean over seeds")
+    rows = [{"schedule": r["schedule"], "seed": r["seed"], "steps_fraction": steps_fraction(r["ki"], r["scratch"])}
+            for r in runs]
+    with (out / "ki-steps.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["schedule", "seed", "steps_fraction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"runs": len(runs), "rows": rows}
+
+
+if __name__ == "__main__":  # python -m runner.ki.curve <runs folder> [<out folder>]
+    import sys
+
+    root = Path(sys.argv[1])
+    summary = summarize(root, Path(sys.argv[2]) if len(sys.argv) > 2 else root / "tables")
+    for row in summary["rows"]:
+        print(f"{row['schedule']:28s} seed {row['seed']}: steps_fraction {row['steps_fraction']}")
