@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "peft": "runner.methods.peft:run",
     "pretrain": "runner.methods.pretrain:run",
     "prompt": "runner.methods.prompt:run",
+    "prune": "runner.methods.prune:run",
 }
 
 

@@ -1,9 +1,10 @@
-"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script)."""
+"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script), moe, prune."""
 
 import importlib
 import sys
 
-BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "moe-gpu": "runner.bench.moe_gpu"}
+BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "moe-gpu": "runner.bench.moe_gpu",
+           "prune": "runner.bench.prune"}
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,282 @@
+"""Pruning: unstructured masks learned while fine-tuning, or structured removal of heads and FFN neurons.
+
+Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 2017, Sanh et al. 2020):
+    model   = the pretrained model (fine-pruning) or the dense fine-tuned one (method.start)
+    masks   on the chosen matrices (torch parametrizations: W' = W * M in every forward)
+    train   with the task loss (+ KD from the dense model, + the L1 penalty on soft-movement scores);
+            a callback moves the cubic schedule: dense for `warmup`, final sparsity/threshold at `end`
+              magnitude      M = top-|W|, recomputed every `update_every` steps
+              movement       M = TopK(S), S learned through the straight-through estimator
+              soft_movement  M = 1[sigmoid(S) > tau]
+    bake    W * M into the weights; report the measured sparsity per matrix and overall; save
+
+Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
+    dense   = the fine-tuned model (method.base_run, or fine-tuned here through the stage cache)
+    heads   gates on heads; mask the least important share per round, re-score, until `heads` are masked
+    ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere)
+    prune   physically remove the masked heads' Q/K/V rows and O columns, the neurons' W_in rows and
+            W_out columns (runner.models.arch); outputs equal the gated model's
+    speed   dense vs pruned, measured side by side (runner.speed)
+    recover fine-tune the pruned model (method.recovery_epochs; KD if alpha_kd > 0), evaluate, save with
+            its pruning plan (runner.prune.plan.load_pruned reloads it)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import TrainerCallback
+
+from runner import artifacts, speed
+from runner.distill.losses import soft_kl
+from runner.errors import UserError
+from runner.evaluation import evaluate
+from runner.models import arch, count_parameters, select_trainable
+from runner.prune import masks, plan, structured
+from runner.prune.schedule import CubicSchedule
+from runner.stages import Stages
+from runner.train import fit
+
+UNSTRUCTURED = ("magnitude", "movement", "soft_movement")
+STRUCTURED = ("heads", "ffn", "structured")
+
+
+@dataclass
+class Config:
+    """Mirror of conf/method/prune.yaml."""
+
+    name: str = "prune"
+    pruner: str = "movement"
+    base_run: str | None = None
+    start: Literal["pretrained", "dense"] = "pretrained"
+    matrices: list[str] = field(default_factory=lambda: ["attention", "ffn"])
+    sparsity: float = 0.9
+    scope: Literal["local", "global"] = "local"
+    warmup: float = 0.1
+    end: float = 0.7
+    update_every: int = 10
+    scores_lr: float = 0.01
+    score_init: float = 0.0
+    threshold: float = 0.1
+    l1_lambda: float = 400.0
+    min_keep: float = 0.005
+    freeze_embeddings: bool = True
+    alpha_kd: float = 0.0
+    temperature: float = 2.0
+    heads: float = 0.3
+    head_importance: Literal["gradient", "magnitude"] = "gradient"
+    head_step: float = 0.1
+    ffn: float = 0.5
+    ffn_importance: Literal["taylor", "magnitude"] = "taylor"
+    ffn_scope: Literal["layer", "global"] = "layer"
+    importance_batches: int = 16
+    allow_empty_layers: bool = False
+    recovery_epochs: float = 1.0
+
+    def __post_init__(self):
+        if self.pruner not in UNSTRUCTURED + STRUCTURED:
+            raise ValueError(f"unknown method.pruner '{self.pruner}'; known: {', '.join(UNSTRUCTURED + STRUCTURED)}")
+        for key in ("sparsity", "heads", "ffn"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise ValueError(f"method.{key}={value!r} is outside [0, 1); it is the share removed, e.g. 0.9")
+        if not 0 <= self.warmup < self.end <= 1:
+            raise ValueError(f"method.warmup={self.warmup} and method.end={self.end} need 0 <= warmup < end <= 1")
+        if not 0 <= self.alpha_kd <= 1:
+            raise ValueError(f"method.alpha_kd={self.alpha_kd} is outside [0, 1]")
+        if not 0 < self.head_step <= 1 or not 0 <= self.threshold < 1 or not 0 <= self.min_keep <= 1:
+            raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
+        if self.update_every < 1 or self.importance_batches < 1 or self.recovery_epochs < 0:
+            raise ValueError("method.update_every and method.importance_batches must be >= 1, recovery_epochs >= 0")
+        if self.scope == "global" and self.pruner != "magnitude":
+            raise ValueError(f"method.scope=global is for magnitude pruning; {self.pruner} scores are per matrix")
+
+
+def run(ctx) -> dict:
+    cfg: Config = ctx.method
+    stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, "prune")
+    if cfg.alpha_kd > 0 and ctx.task.is_regression:
+        raise UserError("method.alpha_kd > 0 needs a classification task (KD is a KL over classes); set method.alpha_kd=0")
+    if cfg.pruner in UNSTRUCTURED:
+        return fine_prune(ctx, stages)
+    check_structure(ctx)
+    return prune_structure(ctx, stages)
+
+
+def check_structure(ctx) -> None:
+    """Refuse before any training what structured pruning cannot do with this model (a fresh copy is probed)."""
+    cfg: Config = ctx.method
+    if cfg.pruner not in ("heads", "structured"):
+        return
+    atts = arch._encoder_attentions(ctx.new_model())  # T5: one-line refusal
+    layers, heads = len(atts), atts[0].num_heads
+    if not cfg.allow_empty_layers and round(cfg.heads * layers * heads) > layers * (heads - 1):
+        raise UserError(f"method.heads={cfg.heads} removes {round(cfg.heads * layers * heads)} of {layers * heads} "
+                        f"heads, which empties a layer; use method.heads <= {(heads - 1) / heads:.3f} or set "
+                        "method.allow_empty_layers=true")
+
+
+def dense_model(ctx, stages):
+    """The fine-tuned dense model (base_run, or fine-tuned here and shared through the stage cache)."""
+    stage = artifacts.fine_tuned(ctx, stages, "dense", base_run=ctx.method.base_run)
+    return artifacts.load_model_dir(ctx, stage.path / "model"), stage.info.get("metrics", {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unstructured: masks during fine-tuning
+
+
+class Schedule(TrainerCallback):
+    """Moves the masks along the cubic schedule at the start of every optimizer step."""
+
+    def __init__(self, cfg: Config, found: dict, modules: dict):
+        self.cfg, self.found, self.modules = cfg, found, modules
+        self.schedule: CubicSchedule | None = None
+        self.final_done = False  # magnitude: masks set at the final sparsity, then fixed (Zhu & Gupta)
+
+    def level(self, step: int) -> float:
+        return self.schedule(step) if self.schedule else 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        cfg = self.cfg
+        final = cfg.threshold if cfg.pruner == "soft_movement" else cfg.sparsity
+        self.schedule = CubicSchedule(final=final, total_steps=max(state.max_steps, 1), warmup=cfg.warmup,
+                                      end=cfg.end)
+        self.apply(state.global_step, force=True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.apply(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # the saved model has exactly the final level (also when `end` is 1, or training stopped early)
+        self.apply(self.schedule.total_steps, force=not self.final_done)
+
+    def apply(self, step: int, force: bool = False) -> None:
+        if self.cfg.pruner != "magnitude":
+            masks.set_level(self.found, self.level(step))
+            return
+        reached = step >= self.cfg.end * self.schedule.total_steps
+        if force or (not reached and step % self.cfg.update_every == 0) or (reached and not self.final_done):
+            masks.update_magnitude(self.modules, self.level(step), self.cfg.scope)
+            self.final_done = reached
+
+
+def fine_prune(ctx, stages) -> dict:
+    cfg: Config = ctx.method
+    teacher, dense_metrics = None, None
+    if cfg.alpha_kd > 0 or cfg.start == "dense":
+        teacher, dense_metrics = dense_model(ctx, stages)
+    model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
+        ctx, artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run).path / "model")
+    if cfg.freeze_embeddings:
+        select_trainable(model, [r"embeddings\."], [])
+    modules = masks.select(model, cfg.matrices)
+    found = masks.attach(modules, cfg.pruner, cfg.score_init)
+    if cfg.pruner == "soft_movement":
+        for m in found.values():
+            m.min_keep = cfg.min_keep
+    schedule = Schedule(cfg, found, modules)
+    scores = masks.scores(model)
+    weights = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in scores)]
+    groups = [{"params": weights}] + ([{"params": scores, "lr": cfg.scores_lr, "weight_decay": 0.0}]
+                                      if scores else [])
+
+    def loss_fn(model, inputs, teacher, state):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if teacher is not None and cfg.alpha_kd > 0:
+            with torch.no_grad():
+                target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            kd = soft_kl(outputs.logits, target, cfg.temperature)
+            state.log(task=loss, kd=kd)
+            loss = (1 - cfg.alpha_kd) * loss + cfg.alpha_kd * kd
+        if cfg.pruner == "soft_movement":
+            l1 = masks.penalty(found)
+            state.log(l1=l1)
+            loss = loss + cfg.l1_lambda * schedule.schedule.progress(state.step) * l1
+        return loss, outputs
+
+    result = fit(ctx, model, loss_fn=loss_fn, callbacks=[schedule], param_groups=groups,
+                 teacher=teacher if cfg.alpha_kd > 0 else None)
+    masks.bake(modules)  # W * M becomes the weight: evaluated and saved as such
+    measured = masks.sparsity(modules)
+    ctx.log(f"prune: {measured['overall']:.4f} of {measured['pruned_parameters']} weights are zero")
+    metrics = evaluate(ctx, model)
+    artifacts.save_model(ctx, model, ctx.run_dir)
+    shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # weights + scores + optimizer: large, done with
+    out = {"metrics": metrics, "best": result["best"], "train": result["train"], "sparsity": measured,
+           "remaining": 1 - measured["overall"]}
+    if dense_metrics is not None:
+        out["dense"] = dense_metrics
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Structured: heads and FFN neurons, physically removed
+
+
+def importance_batches(ctx):
+    """A fresh pass over the first `importance_batches` labelled training batches (fixed order)."""
+    from torch.utils.data import DataLoader
+
+    from runner.tasks.collators import collator, model_inputs
+
+    data = ctx.data["train"]
+    data = data.select(range(min(len(data), ctx.method.importance_batches * ctx.train.eval_batch_size)))
+    loader = DataLoader(model_inputs(data), batch_size=ctx.train.eval_batch_size, shuffle=False,
+                        collate_fn=collator(ctx.tokenizer, mlm=False))
+    return lambda: iter(loader)
+
+
+def prune_structure(ctx, stages) -> dict:
+    cfg: Config = ctx.method
+    dense, dense_metrics = dense_model(ctx, stages)
+    model = copy.deepcopy(dense)
+    device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
+    model.to(device)
+    batches = importance_batches(ctx)
+    heads = neurons = None
+    if cfg.pruner in ("heads", "structured"):
+        heads = structured.mask_heads(model, batches, cfg.heads, cfg.head_step, cfg.head_importance,
+                                      cfg.allow_empty_layers, log=ctx.log)
+    if cfg.pruner in ("ffn", "structured"):
+        imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
+        neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope)
+        structured.gate_neurons(model, neurons)
+    gated = evaluate(ctx, model)
+    structured.prune_masked(model, heads, neurons, cfg.allow_empty_layers)
+    pruned = evaluate(ctx, model)  # the same as `gated`: physical removal is exact
+    if arch.family(model) == "t5":  # runner.speed feeds random ids; T5 classification needs an </s> per row
+        ctx.log("speed: not measured for T5 (the speed block's random inputs have no </s>)")
+    else:
+        speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
+    out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated, "removed_heads": heads,
+           "sizes": arch.layer_sizes(model),
+           "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
+    if cfg.recovery_epochs > 0:
+        result = fit(ctx, model, output="recovery", teacher=dense if cfg.alpha_kd > 0 else None,
+                     loss_fn=kd_loss(cfg) if cfg.alpha_kd > 0 else None,
+                     train=dataclasses.replace(ctx.train, epochs=cfg.recovery_epochs))
+        out["train"] = result["train"]
+    out["metrics"] = evaluate(ctx, model)
+    saved = artifacts.save_model(ctx, model, ctx.run_dir)
+    shutil.rmtree(ctx.path("recovery"), ignore_errors=True)
+    plan.save_plan(model, saved)  # beside the weights: runner.prune.plan.load_pruned rebuilds the shapes
+    return out
+
+
+def kd_loss(cfg: Config):
+    def loss_fn(model, inputs, teacher, state):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        kd = soft_kl(outputs.logits, target, cfg.temperature)
+        state.log(task=outputs.loss, kd=kd)
+        return (1 - cfg.alpha_kd) * outputs.loss + cfg.alpha_kd * kd, outputs
+    return loss_fn

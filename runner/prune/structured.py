@@ -1,0 +1,173 @@
+"""Structured pruning: which attention heads and FFN neurons to remove.
+
+- Head importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): a gate xi_h on each
+  head's context; I_h = sum over batches of |dL/dxi_h| at the current gates, normalised per layer by its
+  L2 norm. Heads are masked iteratively: each round sets the gates of the least important `step` share of
+  all heads to 0 and re-scores with the new mask, until `fraction` of the heads are masked.
+- FFN neuron importance: "magnitude" = ||W_in row|| * ||W_out column||; "taylor" = sum over batches of
+  |dL/dgate_j| at gate 1, i.e. |sum activation x gradient| (the same first-order estimate as for heads).
+
+Selections are applied as gates (arch.head_gate / arch.neuron_gate), the exact reference; physical removal
+(arch.prune_heads / arch.prune_ffn) then gives the same outputs with smaller matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from runner.errors import UserError
+from runner.models import arch
+
+Batches = Callable[[], Iterable[dict]]  # a fresh pass over labelled batches each call
+
+
+def _gate_gradients(model: nn.Module, gates: list[tuple[Callable, Callable, Tensor]], batches: Batches
+                    ) -> list[Tensor]:
+    """sum over batches of |dL/dgate| for each (get, set, values) gate, at the given gate values."""
+    params = [nn.Parameter(values.detach().clone()) for _, _, values in gates]
+    for (_, set_gate, _), p in zip(gates, params, strict=True):
+        set_gate(p)
+    totals = [torch.zeros_like(p) for p in params]
+    was_training = model.training
+    model.eval()  # no dropout: importance of the model as it is evaluated
+    device = params[0].device
+    try:
+        for batch in batches():
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for t, g in zip(totals, grads, strict=True):
+                if g is not None:
+                    t += g.detach().abs()
+    finally:
+        for (_, set_gate, _), p in zip(gates, params, strict=True):
+            set_gate(p.detach().clone())
+        model.train(was_training)
+    return totals
+
+
+def head_gates(model: nn.Module) -> Tensor:
+    """(layers, heads) current gate values of the encoder self-attentions."""
+    return torch.stack([a.head_gate().detach().clone() for a in arch.attentions(model, "self", "encoder")])
+
+
+def set_head_gates(model: nn.Module, gates: Tensor) -> None:
+    for att, g in zip(arch.attentions(model, "self", "encoder"), gates, strict=True):
+        att.set_head_gate(g.clone())
+
+
+def head_importance(model: nn.Module, batches: Batches, normalize: bool = True) -> Tensor:
+    """(layers, heads) Michel et al.'s importance at the current head gates."""
+    atts = arch._encoder_attentions(model)
+    if len({a.num_heads for a in atts}) != 1:
+        raise UserError("head importance needs the same number of heads in every layer (score the dense or "
+                        "gated model, not a physically pruned one)")
+    gates = [(a.head_gate, a.set_head_gate, a.head_gate()) for a in atts]
+    imp = torch.stack(_gate_gradients(model, gates, batches))
+    if normalize:  # layer-wise L2 normalisation (exponent 2), as in the reference implementation
+        imp = imp / imp.norm(dim=1, keepdim=True).clamp(min=1e-20)
+    return imp
+
+
+def head_magnitude(model: nn.Module) -> Tensor:
+    """(layers, heads) data-free importance: ||V rows of h|| * ||O columns of h|| (what h can add)."""
+    out = []
+    for att in arch._encoder_attentions(model):
+        v = att.v.weight.detach().unflatten(0, (att.num_heads, att.head_dim)).flatten(1).norm(dim=1)
+        o = att.o.weight.detach().unflatten(1, (att.num_heads, att.head_dim)).transpose(0, 1).flatten(1)
+        out.append(v * o.norm(dim=1))
+    return torch.stack(out)
+
+
+def _check_heads(layers: int, heads: int, target: int, allow_empty: bool) -> None:
+    if not allow_empty and target > layers * (heads - 1):
+        raise UserError(f"removing {target} of {layers * heads} heads empties a layer; lower method.heads "
+                        "or set method.allow_empty_layers=true")
+
+
+def _mask_lowest(imp: Tensor, gates: Tensor, n: int, allow_empty: bool) -> None:
+    """Set to 0 the gates of the n least important unmasked heads, keeping one per layer unless allowed."""
+    heads = gates.shape[1]
+    for flat in torch.argsort(imp.flatten()).tolist():
+        if n == 0:
+            break
+        layer, head = divmod(flat, heads)
+        if gates[layer, head] == 0 or (not allow_empty and int((gates[layer] != 0).sum()) == 1):
+            continue
+        gates[layer, head] = 0
+        n -= 1
+
+
+def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step: float, how: str = "gradient",
+               allow_empty: bool = False, log: Callable[[str], None] = print) -> list[list[int]]:
+    """Set to 0 the gates of the least important heads until `fraction` of all heads are masked; returns
+    the masked head ids per layer. "gradient" (Michel et al.): `step` of all heads per round, re-scored
+    after each round with the new mask. "magnitude": one round by head_magnitude."""
+    atts = arch._encoder_attentions(model)
+    layers, heads = len(atts), atts[0].num_heads
+    target = int(round(fraction * layers * heads))
+    _check_heads(layers, heads, target, allow_empty)
+    if how not in ("gradient", "magnitude"):
+        raise UserError(f"method.head_importance must be gradient or magnitude, got '{how}'")
+    per_round = target if how == "magnitude" else max(1, int(round(step * layers * heads)))
+    gates = head_gates(model)
+    while int((gates == 0).sum()) < target:
+        imp = head_magnitude(model) if how == "magnitude" else head_importance(model, batches)
+        imp = imp.to(gates.device)
+        imp[gates == 0] = float("inf")
+        _mask_lowest(imp, gates, min(per_round, target - int((gates == 0).sum())), allow_empty)
+        set_head_gates(model, gates)
+        log(f"heads: {int((gates == 0).sum())}/{layers * heads} masked ({how})")
+    return [[h for h in range(heads) if gates[i, h] == 0] for i in range(layers)]
+
+
+def ffn_importance(model: nn.Module, how: str, batches: Batches | None = None) -> list[Tensor]:
+    """Per encoder FFN, a (d_ff,) importance: "magnitude" or "taylor" (|activation x gradient|)."""
+    ffns = arch.ffns(model, stack="encoder")
+    if how == "magnitude":
+        return [(f.w_in.weight.detach().norm(dim=1) * f.w_out.weight.detach().norm(dim=0)) for f in ffns]
+    if how == "taylor":
+        gates = [(None, lambda g, f=f: arch.set_neuron_gate(f, g), arch.neuron_gate(f)) for f in ffns]
+        return _gate_gradients(model, gates, batches)
+    raise UserError(f"method.ffn_importance must be magnitude or taylor, got '{how}'")
+
+
+def select_neurons(importance: list[Tensor], fraction: float, scope: str = "layer") -> list[list[int]]:
+    """Neurons to keep per layer: the top (1 - fraction) of each layer ("layer"), or over all layers with
+    at least one neuron per layer ("global")."""
+    if scope == "layer":
+        return [sorted(torch.topk(imp, imp.numel() - int(round(fraction * imp.numel()))).indices.tolist())
+                for imp in importance]
+    if scope != "global":
+        raise UserError(f"method.ffn_scope must be layer or global, got '{scope}'")
+    flat = torch.cat([imp / imp.sum().clamp(min=1e-20) for imp in importance])  # comparable across layers
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.topk(flat, flat.numel() - int(round(fraction * flat.numel()))).indices] = True
+    out, start = [], 0
+    for imp in importance:
+        k = keep[start:start + imp.numel()]
+        ids = k.nonzero().flatten().tolist() or [int(imp.argmax())]
+        out.append(ids)
+        start += imp.numel()
+    return out
+
+
+def gate_neurons(model: nn.Module, keep: list[list[int]]) -> None:
+    """The reference for FFN pruning: neuron gates 1 on kept neurons, 0 elsewhere."""
+    for ffn, ids in zip(arch.ffns(model, stack="encoder"), keep, strict=True):
+        gate = torch.zeros(ffn.w_out.in_features, dtype=ffn.w_out.weight.dtype, device=ffn.w_out.weight.device)
+        gate[ids] = 1
+        arch.set_neuron_gate(ffn, gate)
+
+
+def prune_masked(model: nn.Module, heads: list[list[int]] | None, neurons: list[list[int]] | None,
+                 allow_empty: bool = False) -> None:
+    """Physically remove the masked heads and the unkept neurons (arch), gates folded in."""
+    if heads is not None:
+        arch.prune_heads(model, {i: h for i, h in enumerate(heads) if h}, allow_empty=allow_empty)
+    if neurons is not None:
+        arch.prune_ffn(model, dict(enumerate(neurons)))
+    arch.fold_gates(model)

@@ -1,0 +1,96 @@
+"""method=prune end to end through the CLI on tiny models (SST-2 rows), and its one-line config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runner.models import arch
+from tests.conftest import TINY_SST2, run_cli
+
+TINY = [a for a in TINY_SST2 if not a.startswith("model=")]
+
+
+def cli(tmp_path, *args):
+    return run_cli(*TINY, "method=prune", f"paths.output_root={tmp_path}", *args)
+
+
+def results(tmp_path) -> dict:
+    found = list(tmp_path.rglob("results.json"))
+    prune = [p for p in found if "/prune/" in str(p)]
+    assert len(prune) == 1, found
+    return json.loads(prune[0].read_text())
+
+
+@pytest.mark.parametrize("args", [
+    ["method.sparsity=1.0"], ["method.sparsity=-0.1"], ["method.pruner=random"], ["method.heads=1.5"],
+    ["method.pruner=heads", "method.heads=0.9"],  # tiny-bert: 8 heads in 2 layers; 7 removed empties one
+    ["method.pruner=heads", "model=tiny-t5"],
+    ["method.pruner=movement", "method.scope=global"],
+])
+def test_bad_configs_fail_with_one_line(tmp_path, shared_data, args):
+    proc = cli(tmp_path, "model=tiny-bert", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("checkpoint-*"))  # refused before any training
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-roberta", "tiny-electra", "tiny-t5"])
+def test_movement_pruning_end_to_end(tmp_path, shared_data, model):
+    proc = cli(tmp_path, f"model={model}", "method.pruner=movement", "method.sparsity=0.75", "method.end=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path)
+    sparsity = res["sparsity"]
+    # every matrix reaches exactly its target after the schedule's end
+    for name, value in sparsity["per_matrix"].items():
+        assert value == pytest.approx(0.75, abs=0.01), name
+    assert res["remaining"] == pytest.approx(0.25, abs=0.01)
+    assert "accuracy" in res["metrics"]
+
+
+@pytest.mark.parametrize("args", [
+    ["method.pruner=magnitude", "method.scope=global", "method.sparsity=0.9"],
+    ["method.pruner=soft_movement", "method.alpha_kd=0.5", "method.l1_lambda=5"],
+])
+def test_magnitude_and_soft_movement_with_kd(tmp_path, shared_data, args):
+    proc = cli(tmp_path, "model=tiny-bert", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path)
+    if "method.pruner=magnitude" in args:
+        assert res["sparsity"]["overall"] == pytest.approx(0.9, abs=1e-4)
+    else:
+        assert 0 < res["remaining"] <= 1 and "accuracy" in res["dense"]
+        logged = json.dumps(res)
+        assert res["sparsity"]["pruned_parameters"] > 0 and "per_matrix" in logged
+
+
+@pytest.mark.parametrize(("model", "pruner"), [("tiny-bert", "structured"), ("tiny-roberta", "heads"),
+                                               ("tiny-electra", "ffn"), ("tiny-t5", "ffn")])
+def test_structured_pruning_end_to_end_and_reload(tmp_path, shared_data, model, pruner):
+    from runner.prune import plan
+
+    proc = cli(tmp_path, f"model={model}", f"method.pruner={pruner}", "method.heads=0.25", "method.ffn=0.5",
+               "method.head_step=0.125", "method.importance_batches=2", "method.recovery_epochs=0.5",
+               "method.alpha_kd=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path)
+    # physical removal is exact: the pruned model scores like the gated one
+    assert res["before_recovery"]["accuracy"] == pytest.approx(res["gated"]["accuracy"])
+    if model != "tiny-t5":
+        assert set(res["speed"]["32x128"]["speedup"]) >= {"pruned"}
+    sizes = res["sizes"]
+    if pruner in ("ffn", "structured"):
+        assert sizes["ffn"] == [32, 32]
+    if pruner in ("heads", "structured"):
+        assert sum(sizes["heads"]) == 8 - 2
+    model_dir = next(p.parent for p in tmp_path.rglob(arch.PLAN_FILE) if "/prune/" in str(p))
+    loaded = plan.load_pruned(model_dir)
+    assert arch.layer_sizes(loaded) == sizes
+    ids = torch.randint(1000, 2000, (2, 12))
+    ids[:, -1] = 102
+    with torch.no_grad():
+        out = loaded(input_ids=ids).logits
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
