@@ -67,15 +67,19 @@ def load_model_dir(ctx, model_dir: Path, *, kind: str | None = None, model_cfg=N
 def save_model(ctx, model, path: Path, name: str = "model") -> Path:
     """Save model and tokenizer to <path>/<name>: written aside, then renamed, so a model directory that
     exists is complete (a run killed mid-save leaves only <name>.tmp, which the next save replaces)."""
+    from runner import hardware
+
     path = Path(path)
     tmp, final = path / f"{name}.tmp", path / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    ctx.tokenizer.save_pretrained(tmp)
-    if final.is_symlink():
-        final.unlink()
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    if hardware.is_main_process():  # under torchrun every rank holds the same model: rank 0 writes it
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        ctx.tokenizer.save_pretrained(tmp)
+        if final.is_symlink():
+            final.unlink()
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    hardware.wait_for_all()
     return final
 
 

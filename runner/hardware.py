@@ -48,6 +48,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def wait_for_all() -> None:
+    """A barrier across the ranks of a torchrun job (after rank 0 wrote files the others read); no-op alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def relaunch_under_torchrun(hw: HardwareConfig, overrides: list[str]) -> int:
     """Run this same job as `torchrun --nproc_per_node N -m runner <overrides>` on this node and wait.
 
