@@ -132,7 +132,8 @@ def run(cfg: DictConfig) -> float | None:
     if not main:
         return None
     rd.finish("completed", metrics=metrics, **extra)
-    _report(run_dir, metrics, first_run=not overrides)
+    demo = not any(o.lstrip("+~").split("=")[0] in ("method", "task", "model") for o in overrides)
+    _report(run_dir, metrics, first_run=demo)
     return _main_metric(cfg, metrics)
 
 
@@ -173,7 +174,7 @@ def _report(run_dir: Path, metrics: dict, first_run: bool = False) -> None:
     print(f"run directory: {run_dir}")
     print(f"results: {run_dir / 'results.json'}")
     print(f"final metrics: {shown}")
-    if first_run:  # the embedded default (`make demo`): say what to try next
+    if first_run:  # the embedded default method, task and model (`make demo`): say what to try next
         print(NEXT)
 
 
