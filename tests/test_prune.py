@@ -94,3 +94,11 @@ def test_structured_pruning_end_to_end_and_reload(tmp_path, shared_data, model, 
     with torch.no_grad():
         out = loaded(input_ids=ids).logits
     assert out.shape == (2, 2) and torch.isfinite(out).all()
+    # a pruned run serves as another run's base or teacher: the shared loader reads its plan too
+    from runner.artifacts import run_model_config
+    from runner.models import load_model
+
+    shared = load_model(run_model_config(model_dir), "classification", num_labels=2, path=str(model_dir)).eval()
+    assert arch.layer_sizes(shared) == sizes
+    with torch.no_grad():
+        assert torch.allclose(shared(input_ids=ids).logits, out, atol=1e-6)

@@ -132,6 +132,8 @@ def _load(cfg: ModelConfig, kind: str, num_labels: int | None, problem_type: str
     if kind == "classification":
         head = {"num_labels": num_labels, "problem_type": problem_type}
     path = path or weights_path(cfg)
+    if path is not None and (Path(path) / "pruning_plan.json").exists():  # a structurally pruned model
+        return load_pruned_dir(Path(path), kind, "cls", num_labels=num_labels)  # load_model sets the pooling
     config = model_config(cfg, path, **head)
     auto = _auto_class(kind)
     if path is None:
@@ -218,6 +220,42 @@ def select_trainable(model, freeze: list[str], trainable: list[str]) -> int:
     if n == 0:
         raise UserError(f"method.freeze={freeze} / method.trainable={trainable} leave no parameter to train")
     return n
+
+
+def load_pruned_dir(model_dir: Path, kind: str = "classification", pooling: str = "cls",
+                    num_labels: int | None = None):
+    """A structurally pruned model saved with its pruning plan (per-layer head and neuron counts, which
+    its config.json cannot describe): the dense model is built from the config, shrunk to the plan
+    (runner.models.arch.apply_plan), then given the saved weights. Eval mode."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from runner.models import arch
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if kind == "classification" and num_labels is not None and config.num_labels != num_labels:
+        raise UserError(f"{model_dir}: a pruned model with {config.num_labels} labels, the task has {num_labels}")
+    model = _auto_class(kind).from_config(config)
+    if kind == "classification":
+        arch.set_pooling(model, pooling)
+    arch.apply_plan(model, json.loads((model_dir / arch.PLAN_FILE).read_text()))
+    state = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    if not state:
+        state = torch.load(model_dir / "pytorch_model.bin", map_location="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: state dict does not fit the pruning plan "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
 
 
 def count_parameters(model) -> dict[str, int]:
