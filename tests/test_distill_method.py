@@ -148,3 +148,17 @@ def test_regression_task_distils_with_mse_on_a_student_subset(tmp_path, shared_d
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["global_step"] == 4  # 64 examples / batch 16, one epoch: the subset, not the 256 rows
     assert any("loss_sinkhorn" in h and "loss_kd" in h for h in state["log_history"])
+
+
+def test_recipe_arms_never_share_a_run_directory():
+    """The arms differ in keys set in their YAML body; the sweep puts them in the directory name too."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    seen = set()
+    for arm in ("ce", "kd", "tinybert", "sinkd"):
+        params = yaml.safe_load((ROOT / "recipes" / "distill" / f"{arm}.yaml").read_text())["hydra"]["sweeper"]["params"]
+        key = (params["method.loss"], params["method.alpha"])
+        assert key not in seen, f"arm {arm} would write into another arm's run directories"
+        seen.add(key)
