@@ -131,3 +131,16 @@ def test_killed_ki_run_resumes_to_the_same_metrics(tmp_path, shared_data):
     assert abs(got["metrics"]["loss"] - expected["metrics"]["loss"]) < 1e-6
     with (run_dir / "curve.csv").open() as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [10, 20, 30, 40]
+
+
+def test_recipe_schedules_never_share_a_run_directory():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    keys = set()
+    for name in ("comparison", "constant", "step"):
+        params = yaml.safe_load((ROOT / "recipes" / "knowledge-inheritance" / f"{name}.yaml").read_text())
+        params = params["hydra"]["sweeper"]["params"]
+        keys.add((params["method.schedule"], params["method.alpha0"]))
+    assert len(keys) == 3
