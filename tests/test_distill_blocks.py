@@ -159,7 +159,7 @@ def test_logit_cache_matches_the_live_teacher_and_misses_unknown_rows(tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
-    from runner.distill.cache import LogitCache
+    from runner.teacher_logits import LogitCache, teacher_targets
 
     teacher = tiny("bert")
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, "[UNK]")),
@@ -175,3 +175,10 @@ def test_logit_cache_matches_the_live_teacher_and_misses_unknown_rows(tmp_path):
     torch.testing.assert_close(cache.lookup(batch["input_ids"], batch["attention_mask"]), live, rtol=1e-4, atol=1e-5)
     unknown = torch.tensor([[5, 6, 99]])
     assert cache.lookup(unknown, torch.ones_like(unknown)) is None
+    # teacher_targets: the cached rows when all are known, the live teacher otherwise
+    features = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    torch.testing.assert_close(teacher_targets(cache, None, features), cache.lookup(**features))
+    with torch.no_grad():
+        expected = teacher(input_ids=unknown).logits
+    torch.testing.assert_close(teacher_targets(cache, teacher, {"input_ids": unknown}), expected)
+    torch.testing.assert_close(teacher_targets(None, teacher, {"input_ids": unknown}), expected)

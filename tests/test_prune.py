@@ -63,6 +63,8 @@ def test_magnitude_and_soft_movement_with_kd(tmp_path, shared_data, args):
         assert res["sparsity"]["overall"] == pytest.approx(0.9, abs=1e-4)
     else:
         assert 0 < res["remaining"] <= 1 and "accuracy" in res["dense"]
+        # the dense teacher's logits are computed once, as a shared stage, not every step
+        assert res["stages"]["teacher_logits"]["status"] == "computed"
         logged = json.dumps(res)
         assert res["sparsity"]["pruned_parameters"] > 0 and "per_matrix" in logged
 
@@ -79,6 +81,7 @@ def test_structured_pruning_end_to_end_and_reload(tmp_path, shared_data, model, 
     res = results(tmp_path)
     # physical removal is exact: the pruned model scores like the gated one
     assert res["before_recovery"]["accuracy"] == pytest.approx(res["gated"]["accuracy"])
+    assert "teacher_logits" in res["stages"]  # recovery KD reads the dense model's cached logits
     if model != "tiny-t5":
         assert set(res["speed"]["32x128"]["speedup"]) >= {"pruned"}
     sizes = res["sizes"]

@@ -26,12 +26,12 @@ import torch
 from runner import artifacts, speed
 from runner.distill import layers
 from runner.distill import student as students
-from runner.distill.cache import LogitCache
 from runner.distill.losses import INTERMEDIATE, LOSSES, Forward, LossParams
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.models import arch, count_parameters
 from runner.stages import Stages
+from runner.teacher_logits import LogitCache, cached_logits
 from runner.train import fit
 
 
@@ -102,7 +102,7 @@ def run(ctx) -> dict:
         params.projection = students.attach_projection(student, teacher, ctx.seed)
 
     train_data = student_data(ctx)
-    cache = teacher_logits(ctx, stages, teacher, teacher_id) if cfg.cache_teacher and (
+    cache = cached_logits(ctx, stages, teacher, teacher_id) if cfg.cache_teacher and (
         cfg.loss not in INTERMEDIATE or cfg.two_stage) else None
     if cfg.two_stage:  # TinyBERT: intermediate layers first, then the prediction layer alone
         inter = stages.run("intermediate", intermediate_key(ctx, teacher_id),
@@ -221,22 +221,6 @@ def forward(model, features: dict, intermediate: bool) -> tuple[Forward, Any]:
     with arch.attention_scores(getattr(model, "module", model)) as cap:  # DDP wraps the student
         outputs = model(**features)
     return Forward(outputs.logits, cap.scores, list(cap.hidden)), outputs
-
-
-def teacher_logits(ctx, stages: Stages, teacher, teacher_id: str) -> LogitCache:
-    """The teacher's logits on the whole training set, once per teacher and dataset (a shared stage)."""
-    key = {"teacher": teacher_id, "task": dataclasses.asdict(ctx.task_cfg), "seed": ctx.seed,
-           "tokenizer": ctx.model_cfg.name}
-
-    def build(path: Path) -> dict:
-        device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
-        cache = LogitCache.build(teacher, ctx.data["train"], ctx.tokenizer, ctx.train.eval_batch_size, device)
-        cache.save(path / "logits.pt")
-        return {"rows": len(cache)}
-
-    stage = stages.run("teacher_logits", key, build, share=True)
-    ctx.info.setdefault("stages", {})["teacher_logits"] = stage_info(stage)
-    return LogitCache.load(stage.path / "logits.pt")
 
 
 def intermediate_key(ctx, teacher_id: str) -> dict:

@@ -3,7 +3,8 @@
 Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 2017, Sanh et al. 2020):
     model   = the pretrained model (fine-pruning) or the dense fine-tuned one (method.start)
     masks   on the chosen matrices (torch parametrizations: W' = W * M in every forward)
-    train   with the task loss (+ KD from the dense model, + the L1 penalty on soft-movement scores);
+    train   with the task loss (+ KD from the dense model, its logits cached once per dataset as a shared
+            stage when method.cache_teacher, + the L1 penalty on soft-movement scores);
             a callback moves the cubic schedule: dense for `warmup`, final sparsity/threshold at `end`
               magnitude      M = top-|W|, recomputed every `update_every` steps
               movement       M = TopK(S), S learned through the straight-through estimator
@@ -41,6 +42,7 @@ from runner.models import arch, count_parameters, select_trainable
 from runner.prune import masks, plan, structured
 from runner.prune.schedule import CubicSchedule
 from runner.stages import Stages
+from runner.teacher_logits import LogitCache, cached_logits, teacher_targets
 from runner.train import fit
 
 UNSTRUCTURED = ("magnitude", "movement", "soft_movement")
@@ -69,6 +71,7 @@ class Config:
     freeze_embeddings: bool = True
     alpha_kd: float = 0.0
     temperature: float = 2.0
+    cache_teacher: bool = True
     heads: float = 0.3
     head_importance: Literal["gradient", "magnitude"] = "gradient"
     head_step: float = 0.1
@@ -122,10 +125,15 @@ def check_structure(ctx) -> None:
                         "method.allow_empty_layers=true")
 
 
-def dense_model(ctx, stages):
-    """The fine-tuned dense model (base_run, or fine-tuned here and shared through the stage cache)."""
+def dense_model(ctx, stages, kd: bool = False):
+    """The fine-tuned dense model (base_run, or fine-tuned here and shared through the stage cache), its
+    metrics, and, when it is a KD teacher (`kd`) and method.cache_teacher, its logits on the training set."""
     stage = artifacts.fine_tuned(ctx, stages, "dense", base_run=ctx.method.base_run)
-    return artifacts.load_model_dir(ctx, stage.path / "model"), stage.info.get("metrics", {})
+    model = artifacts.load_model_dir(ctx, stage.path / "model")
+    cache = None
+    if kd and ctx.method.cache_teacher:
+        cache = cached_logits(ctx, stages, model, stage.digest)
+    return model, stage.info.get("metrics", {}), cache
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,9 +177,9 @@ class Schedule(TrainerCallback):
 
 def fine_prune(ctx, stages) -> dict:
     cfg: Config = ctx.method
-    teacher, dense_metrics = None, None
+    teacher, dense_metrics, cache = None, None, None
     if cfg.alpha_kd > 0 or cfg.start == "dense":
-        teacher, dense_metrics = dense_model(ctx, stages)
+        teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
     model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
         ctx, artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run).path / "model")
     if cfg.freeze_embeddings:
@@ -191,8 +199,7 @@ def fine_prune(ctx, stages) -> dict:
         outputs = model(**inputs)
         loss = outputs.loss
         if teacher is not None and cfg.alpha_kd > 0:
-            with torch.no_grad():
-                target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
             kd = soft_kl(outputs.logits, target, cfg.temperature)
             state.log(task=loss, kd=kd)
             loss = (1 - cfg.alpha_kd) * loss + cfg.alpha_kd * kd
@@ -236,7 +243,7 @@ def importance_batches(ctx):
 
 def prune_structure(ctx, stages) -> dict:
     cfg: Config = ctx.method
-    dense, dense_metrics = dense_model(ctx, stages)
+    dense, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0 and cfg.recovery_epochs > 0)
     model = copy.deepcopy(dense)
     device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
     model.to(device)
@@ -261,7 +268,7 @@ def prune_structure(ctx, stages) -> dict:
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:
         result = fit(ctx, model, output="recovery", teacher=dense if cfg.alpha_kd > 0 else None,
-                     loss_fn=kd_loss(cfg) if cfg.alpha_kd > 0 else None,
+                     loss_fn=kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None,
                      train=dataclasses.replace(ctx.train, epochs=cfg.recovery_epochs))
         out["train"] = result["train"]
     out["metrics"] = evaluate(ctx, model)
@@ -271,11 +278,10 @@ def prune_structure(ctx, stages) -> dict:
     return out
 
 
-def kd_loss(cfg: Config):
+def kd_loss(cfg: Config, cache: LogitCache | None):
     def loss_fn(model, inputs, teacher, state):
         outputs = model(**inputs)
-        with torch.no_grad():
-            target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
         kd = soft_kl(outputs.logits, target, cfg.temperature)
         state.log(task=outputs.loss, kd=kd)
         return (1 - cfg.alpha_kd) * outputs.loss + cfg.alpha_kd * kd, outputs

@@ -1,4 +1,6 @@
-"""The teacher's logits on the training set, computed once and looked up by the tokens of each row.
+"""A frozen teacher's logits on the training set, computed once (a shared stage) and looked up by the
+tokens of each row: every method with a KD term (distillation, pruning with a dense teacher) uses it, so the
+teacher's forward is paid once per teacher and dataset instead of once per student step.
 
 The student's batches come from the Trainer's shuffled loader, which keeps no example index; a row is
 found again by its unpadded token ids instead (identical token sequences get identical teacher logits,
@@ -8,6 +10,7 @@ changed tokenisation) falls back to running the teacher, so a stale cache costs 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +57,32 @@ class LogitCache:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def cached_logits(ctx, stages, teacher, teacher_id: str) -> LogitCache:
+    """The teacher's logits on the whole training set as the shared stage `teacher_logits` of `stages`, keyed
+    by what identifies the teacher (`teacher_id`: a stage digest or a run path), the task and the seed."""
+    key = {"teacher": teacher_id, "task": dataclasses.asdict(ctx.task_cfg), "seed": ctx.seed,
+           "tokenizer": ctx.model_cfg.name}
+
+    def build(path: Path) -> dict:
+        device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
+        cache = LogitCache.build(teacher, ctx.data["train"], ctx.tokenizer, ctx.train.eval_batch_size, device)
+        cache.save(path / "logits.pt")
+        return {"rows": len(cache)}
+
+    stage = stages.run("teacher_logits", key, build, share=True)
+    ctx.info.setdefault("stages", {})["teacher_logits"] = {
+        "status": stage.reused, "path": str(stage.path), "seconds": stage.info.get("seconds")}
+    return LogitCache.load(stage.path / "logits.pt")
+
+
+def teacher_targets(cache: LogitCache | None, teacher, features: dict) -> Tensor:
+    """The teacher's logits for one batch of model inputs (no labels): from the cache when every row is in it,
+    else a forward of the frozen teacher under no_grad."""
+    if cache is not None:
+        cached = cache.lookup(features["input_ids"], features.get("attention_mask"))
+        if cached is not None:
+            return cached
+    with torch.no_grad():
+        return teacher(**features).logits
