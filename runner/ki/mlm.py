@@ -10,7 +10,6 @@ from pathlib import Path
 
 from runner.errors import UserError
 from runner.ki.curve import CurveCallback
-from runner.ki.data import SeededMasking
 from runner.ki.loss import ki_terms
 
 
@@ -23,14 +22,6 @@ def require_mlm(ctx, method: str, model_cfgs=()) -> None:
         if cfg is not None and cfg.family == "t5":
             raise UserError(f"method={method}: model {cfg.name} is a T5 (span-corruption pre-training, no "
                             "masked-LM head); use a BERT-family option (bert, roberta, electra)")
-
-
-def mlm_probability(ctx) -> float:
-    return getattr(ctx.task.config, "mlm_probability", None) or 0.15
-
-
-def collate(ctx) -> SeededMasking:
-    return SeededMasking(ctx.tokenizer, mlm_probability(ctx), ctx.seed)
 
 
 def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0):
@@ -57,8 +48,9 @@ def pretrain(ctx, model, folder: Path, *, output: str = "checkpoints", loss=None
     from runner.train import fit
 
     callback = CurveCallback(folder, title=title, extra=extra_curves, label=label)
-    return fit(ctx, model, output=output, loss_fn=loss or loss_fn(), teacher=teacher, callbacks=[callback],
-               collator=collate(ctx))
+    # fit's default MLM collator masks each batch from (ctx.seed, its tokens): resume-exact, and the scratch
+    # and KI students of one seed see the same masks
+    return fit(ctx, model, output=output, loss_fn=loss or loss_fn(), teacher=teacher, callbacks=[callback])
 
 
 def sub_context(ctx, *, model_cfg=None, train=None, seed: int | None = None):

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 from transformers import TrainerCallback
 
 from runner import artifacts, speed

@@ -6,6 +6,10 @@ teacher caching, timing), so padding and masking are the same everywhere.
 
 from __future__ import annotations
 
+import hashlib
+
+import torch
+
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -23,22 +27,41 @@ def collator(tokenizer, mlm: bool, mlm_probability: float = 0.15):
 
 class MaskingCollator:
     """Masked LM: masks each training batch afresh; a batch that already carries labels (the fixed,
-    pre-masked evaluation set of `fixed_masks`) is only padded, so every evaluation scores the same masks."""
+    pre-masked evaluation set of `fixed_masks`) is only padded, so every evaluation scores the same masks.
 
-    def __init__(self, tokenizer, mlm_probability: float = 0.15):
+    With a `seed`, a training batch's masks come from a generator seeded by (seed, the batch's token ids)
+    instead of torch's global RNG: a run resumed from a checkpoint masks every later batch exactly as the
+    uninterrupted run did (the Trainer moves the global RNG while it skips the consumed batches), and two runs
+    of one seed that see the same batches (KI's scratch and inheriting students) see the same masks. A block
+    still gets new masks every epoch, as its batch companions change with the shuffle."""
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int | None = None):
         self.mask = collator(tokenizer, mlm=True, mlm_probability=mlm_probability)
         self.pad = collator(tokenizer, mlm=False)
+        self.key = None if seed is None else str(seed).encode()
 
     def __call__(self, features: list[dict]):
         if "labels" in features[0]:
             return self.pad([{k: v for k, v in f.items() if k != "special_tokens_mask"} for f in features])
+        if self.key is not None:
+            self.mask.generator = torch.Generator().manual_seed(batch_seed(features, self.key))
         return self.mask(features)
 
 
-def task_collator(task, tokenizer):
-    """The collator a task trains and evaluates with: masked LM for num_labels == 0, padding otherwise."""
+def batch_seed(features: list[dict], key: bytes) -> int:
+    """A 63-bit seed from the key and the batch's token ids, row by row."""
+    digest = hashlib.blake2b(key=key, digest_size=8)
+    for f in features:
+        digest.update(torch.as_tensor(f["input_ids"], dtype=torch.int64).numpy().tobytes())
+        digest.update(b"|")
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def task_collator(task, tokenizer, seed: int | None = None):
+    """The collator a task trains and evaluates with: masked LM for num_labels == 0 (seeded masks when a
+    seed is given), padding otherwise."""
     if task.is_mlm:
-        return MaskingCollator(tokenizer, task.config.mlm_probability or 0.15)
+        return MaskingCollator(tokenizer, task.config.mlm_probability or 0.15, seed)
     return collator(tokenizer, mlm=False)
 
 
