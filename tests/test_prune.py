@@ -105,3 +105,23 @@ def test_structured_pruning_end_to_end_and_reload(tmp_path, shared_data, model, 
     assert arch.layer_sizes(shared) == sizes
     with torch.no_grad():
         assert torch.allclose(shared(input_ids=ids).logits, out, atol=1e-6)
+
+
+def test_head_curve_scores_every_round_and_nests_with_shorter_runs(tmp_path, shared_data):
+    # one run to 50% of the 8 heads, one head per round, scored after each round (Michel et al.'s curve) ...
+    common = ("model=tiny-bert", "method.pruner=heads", "method.head_step=0.125", "method.importance_batches=2",
+              "method.recovery_epochs=0")
+    proc = cli(tmp_path / "curve", *common, "method.heads=0.5", "method.head_curve=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path / "curve")
+    curve = res["curve"]
+    assert list(curve) == ["0", "1", "2", "3", "4"]
+    assert [p["share"] for p in curve.values()] == [0.0, 0.125, 0.25, 0.375, 0.5]
+    assert curve["0"]["accuracy"] == res["dense"]["accuracy"]
+    assert curve["4"]["accuracy"] == pytest.approx(res["gated"]["accuracy"])
+    # ... whose intermediate points are what a run stopped there scores (rounds re-score the same batches)
+    proc = cli(tmp_path / "short", *common, "method.heads=0.25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    short = results(tmp_path / "short")
+    assert "curve" not in short
+    assert short["gated"]["accuracy"] == pytest.approx(curve["2"]["accuracy"])

@@ -14,6 +14,7 @@ Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 
 Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
     dense   = the fine-tuned model (method.base_run, or fine-tuned here through the stage cache)
     heads   gates on heads; mask the least important share per round, re-score, until `heads` are masked
+            (method.head_curve: score the gated model after every round: the accuracy-vs-heads curve)
     ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere)
     prune   physically remove the masked heads' Q/K/V rows and O columns, the neurons' W_in rows and
             W_out columns (runner.models.arch); outputs equal the gated model's
@@ -74,6 +75,7 @@ class Config:
     heads: float = 0.3
     head_importance: Literal["gradient", "magnitude"] = "gradient"
     head_step: float = 0.1
+    head_curve: bool = False
     ffn: float = 0.5
     ffn_importance: Literal["taylor", "magnitude"] = "taylor"
     ffn_scope: Literal["layer", "global"] = "layer"
@@ -248,9 +250,18 @@ def prune_structure(ctx, stages) -> dict:
     model.to(device)
     batches = importance_batches(ctx)
     heads = neurons = None
+    curve: dict[str, dict] = {}  # method.head_curve: {heads masked: share and metrics of the gated model}
+
+    def score_round(masked: int) -> None:
+        total = sum(a.num_heads for a in arch._encoder_attentions(model))
+        curve[str(masked)] = {"share": masked / total, **evaluate(ctx, model)}
+        ctx.log(f"heads: {masked}/{total} masked, {ctx.task.main_metric} "
+                f"{curve[str(masked)].get(ctx.task.main_metric, float('nan')):.4f}")
+
     if cfg.pruner in ("heads", "structured"):
         heads = structured.mask_heads(model, batches, cfg.heads, cfg.head_step, cfg.head_importance,
-                                      cfg.allow_empty_layers, log=ctx.log)
+                                      cfg.allow_empty_layers, log=ctx.log,
+                                      on_round=score_round if cfg.head_curve else None)
     if cfg.pruner in ("ffn", "structured"):
         imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
         neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope)
@@ -262,6 +273,8 @@ def prune_structure(ctx, stages) -> dict:
         ctx.log("speed: not measured for T5 (the speed block's random inputs have no </s>)")
     else:
         speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
+    if curve:
+        ctx.info["curve"] = {"0": {"share": 0.0, **dense_metrics}, **curve}
     out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated, "removed_heads": heads,
            "sizes": arch.layer_sizes(model),
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}

@@ -102,10 +102,12 @@ def _mask_lowest(imp: Tensor, gates: Tensor, n: int, allow_empty: bool) -> None:
 
 
 def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step: float, how: str = "gradient",
-               allow_empty: bool = False, log: Callable[[str], None] = print) -> list[list[int]]:
+               allow_empty: bool = False, log: Callable[[str], None] = print,
+               on_round: Callable[[int], None] | None = None) -> list[list[int]]:
     """Set to 0 the gates of the least important heads until `fraction` of all heads are masked; returns
     the masked head ids per layer. "gradient" (Michel et al.): `step` of all heads per round, re-scored
-    after each round with the new mask. "magnitude": one round by head_magnitude."""
+    after each round with the new mask. "magnitude": one round by head_magnitude. `on_round(masked)` runs
+    after each round on the gated model (e.g. to score it: the accuracy-vs-heads-removed curve)."""
     atts = arch._encoder_attentions(model)
     layers, heads = len(atts), atts[0].num_heads
     target = int(round(fraction * layers * heads))
@@ -121,6 +123,8 @@ def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step:
         _mask_lowest(imp, gates, min(per_round, target - int((gates == 0).sum())), allow_empty)
         set_head_gates(model, gates)
         log(f"heads: {int((gates == 0).sum())}/{layers * heads} masked ({how})")
+        if on_round is not None:
+            on_round(int((gates == 0).sum()))
     return [[h for h in range(heads) if gates[i, h] == 0] for i in range(layers)]
 
 
