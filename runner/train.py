@@ -18,6 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from runner import requeue
+from runner.memory import PeakMemory
 from runner.models import count_parameters
 from runner.tasks.collators import task_collator
 
@@ -248,7 +249,9 @@ def fit(
     resume = last_checkpoint(output_dir)
     if resume:
         ctx.log(f"resuming from {resume}")
-    out = trainer.train(resume_from_checkpoint=resume)
+    with PeakMemory(ctx.hardware.device) as memory:
+        out = trainer.train(resume_from_checkpoint=resume)
+    ctx.info["memory"] = memory.result()  # peak memory of training (runner/memory.py); the PEFT table reads it
     evals = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
     if eval_dataset is not None and (not evals or evals[-1].get("step") != trainer.state.global_step):
         trainer.evaluate()

@@ -25,6 +25,8 @@ def test_tiny_bert_sst2_writes_the_results_contract(tmp_path, shared_data):
     assert r["best"]["accuracy"] >= r["metrics"]["accuracy"]
     assert r["config"]["model"]["name"] == "tiny-bert" and r["config"]["task"]["name"] == "glue/sst2"
     assert r["parameters"]["trainable"] == r["parameters"]["total"] > 0
+    mem = r["memory"]  # peak memory of training: what it added on top of the process at its start
+    assert mem["what"] == "cpu resident set" and mem["peak_mb"] >= mem["start_mb"] > 0 and mem["increase_mb"] >= 0
     assert r["versions"]["transformers"].startswith("5.") and "git_commit" in r and r["wall_time_s"] > 0
     run_dir = tmp_path / "finetune" / "glue" / "sst2" / "tiny-bert"
     assert (next(run_dir.rglob("model")) / "config.json").exists()

@@ -257,3 +257,20 @@ def test_teacher_tensor_never_in_student_checkpoint(tmp_path, shared_data):
 
     saved = load_file(checkpoint / "model.safetensors")
     assert set(saved) <= set(student.state_dict()) and len(saved) == len(student.state_dict())
+
+
+def test_peak_memory_sees_a_block_allocated_and_freed_inside():
+    import time
+
+    from runner.memory import PeakMemory, resident_bytes
+
+    if resident_bytes() is None:
+        pytest.skip("no /proc: resident set not measurable here")
+    with PeakMemory("cpu", interval=0.005) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        time.sleep(0.1)
+        del block
+    r = peak.result()
+    assert r["what"] == "cpu resident set"
+    assert r["increase_mb"] >= 50, r  # the sampler caught the block although it was freed before the end
+    assert r["peak_mb"] >= r["start_mb"] + r["increase_mb"] - 0.2
