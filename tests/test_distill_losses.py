@@ -69,6 +69,28 @@ def test_kd_regression_uses_mse_to_teacher_and_gold():
     assert terms["loss"].item() == pytest.approx(0.5 * 2.5 + 0.5 * 0.5)
 
 
+def test_kd_rows_without_gold_labels_count_in_kd_only():
+    from runner.distill.losses import kd_terms
+
+    # classification: row 0 labelled (class 1), row 1 unlabelled (-100): gold = CE of row 0 alone
+    s = torch.tensor([[0.0, 0.0], [3.0, -1.0]])
+    t = torch.tensor([[0.0, 2 * math.log(3)], [0.0, 0.0]])
+    terms = kd_terms(s, t, torch.tensor([1, -100]), alpha=0.5, temperature=2.0)
+    assert terms["ce"].item() == pytest.approx(math.log(2), rel=1e-6)
+    full_kd = kd_terms(s, t, None, alpha=1.0, temperature=2.0)["kd"]
+    assert terms["kd"].item() == pytest.approx(full_kd.item(), rel=1e-6)  # kd over both rows
+    # a batch with no gold label at all: gold 0, the loss is alpha * kd, and it still has a graph
+    s.requires_grad_(True)
+    none = kd_terms(s, t, torch.tensor([-100, -100]), alpha=0.5, temperature=2.0)
+    assert none["ce"].item() == 0.0 and none["loss"].item() == pytest.approx(0.5 * full_kd.item(), rel=1e-6)
+    none["loss"].backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    # regression: NaN marks the unlabelled rows
+    s, t, y = torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0], [4.0]]), torch.tensor([0.0, float("nan")])
+    terms = kd_terms(s, t, y, alpha=0.5, temperature=3.0)
+    assert terms["ce"].item() == pytest.approx(1.0) and terms["kd"].item() == pytest.approx(2.5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tinybert
 

@@ -150,6 +150,36 @@ def test_regression_task_distils_with_mse_on_a_student_subset(tmp_path, shared_d
     assert any("loss_sinkhorn" in h and "loss_kd" in h for h in state["log_history"])
 
 
+def test_transfer_all_trains_on_every_row_with_gold_labels_on_the_subset_only(tmp_path, shared_data):
+    from types import SimpleNamespace
+
+    import datasets
+
+    from runner.methods.distill import Config, student_data
+
+    train = datasets.Dataset.from_dict({"input_ids": [[i + 5] for i in range(50)], "labels": [i % 2 for i in range(50)]})
+    ctx = SimpleNamespace(seed=3, data={"train": train}, task=SimpleNamespace(is_regression=False),
+                          method=Config(student_train_samples=10))
+    labelled = student_data(ctx)
+    ctx.method = Config(student_train_samples=10, transfer="all")
+    transfer = student_data(ctx)
+    assert len(labelled) == 10 and len(transfer) == 50
+    kept = {row[0]: lab for row, lab in zip(transfer["input_ids"], transfer["labels"], strict=True) if lab != -100}
+    # the labelled rows are exactly the transfer=labeled subset, with their gold labels
+    assert kept == dict(zip((r[0] for r in labelled["input_ids"]), labelled["labels"], strict=True))
+    # end to end: the student steps through all rows (the teacher's cached logits cover them)
+    out = run_cli(*ARGS, "method.student_train_samples=16", "method.transfer=all", "train.logging_steps=2",
+                  f"data_dir={shared_data}", f"paths.output_root={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = next(tmp_path.rglob("results.json")).parent
+    ckpt = max((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["global_step"] > 1  # more than the 16 labelled rows' one batch
+    assert any("loss_kd" in h and "loss_ce" in h for h in state["log_history"])
+    refused = run_cli(*ARGS, "method.transfer=all", f"data_dir={shared_data}", f"paths.output_root={tmp_path}/x")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: method.transfer=all")
+
+
 def test_recipe_arms_never_share_a_run_directory():
     """The arms differ in keys set in their YAML body; the sweep puts them in the directory name too."""
     import yaml

@@ -53,7 +53,9 @@ def soft_kl_reference(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 def kd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None, *, alpha: float,
              temperature: float) -> dict[str, Tensor]:
-    """(1 - alpha) * gold + alpha * kd. Classification: gold = CE, kd = T^2 KL; one output: both are MSE."""
+    """(1 - alpha) * gold + alpha * kd. Classification: gold = CE, kd = T^2 KL; one output: both are MSE.
+    Rows without a gold label (-100, or NaN for regression: a transfer set) count in kd only; gold is the mean
+    over the labelled rows (0 when the batch has none)."""
     regression = student_logits.shape[-1] == 1
     if regression:
         kd = F.mse_loss(student_logits.float().squeeze(-1), teacher_logits.float().squeeze(-1))
@@ -62,10 +64,14 @@ def kd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | No
     terms = {"kd": kd}
     total = alpha * kd
     if labels is not None and alpha < 1:
-        if regression:
-            gold = F.mse_loss(student_logits.float().squeeze(-1), labels.float().view(-1))
+        flat = labels.view(-1)
+        known = ~torch.isnan(flat) if regression else flat != -100
+        if not bool(known.any()):
+            gold = student_logits.float().sum() * 0.0  # keeps the graph and the log's shape
+        elif regression:
+            gold = F.mse_loss(student_logits.float().view(-1)[known], flat.float()[known])
         else:
-            gold = F.cross_entropy(student_logits.float().view(-1, student_logits.shape[-1]), labels.view(-1))
+            gold = F.cross_entropy(student_logits.float().view(-1, student_logits.shape[-1])[known], flat[known])
         terms["ce"] = gold
         total = total + (1 - alpha) * gold
     terms["loss"] = total

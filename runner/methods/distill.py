@@ -57,6 +57,7 @@ class Config:
     sinkhorn_iterations: int = 20
     sinkhorn_scale: float = 0.001
     student_train_samples: int | None = None
+    transfer: Literal["labeled", "all"] = "labeled"
     cache_teacher: bool = True
     save_model: bool = True
 
@@ -78,6 +79,9 @@ class Config:
         if self.student_train_samples is not None and self.student_train_samples < 1:
             raise ValueError(f"method.student_train_samples must be a positive integer or null, "
                              f"got {self.student_train_samples}")
+        if self.transfer == "all" and (self.student_train_samples is None or self.alpha == 0):
+            raise ValueError("method.transfer=all keeps gold labels on method.student_train_samples rows and trains "
+                             "the others on the KD term alone: set student_train_samples (e.g. 1000) and alpha > 0")
         if self.intermediate_epochs <= 0 or self.intermediate_lr <= 0:
             raise ValueError("method.intermediate_epochs and method.intermediate_lr must be > 0")
 
@@ -227,17 +231,29 @@ def intermediate_key(ctx, teacher_id: str) -> dict:
     cfg: Config = ctx.method
     return {"teacher": teacher_id, "init": cfg.student_init, "layers": cfg.student_layers,
             "config": cfg.student_config, "map": cfg.layer_map, "epochs": cfg.intermediate_epochs,
-            "lr": cfg.intermediate_lr, "samples": cfg.student_train_samples, "seed": ctx.seed, "train": dataclasses.asdict(ctx.train),
+            "lr": cfg.intermediate_lr, "samples": cfg.student_train_samples, "transfer": cfg.transfer, "seed": ctx.seed, "train": dataclasses.asdict(ctx.train),
             "task": ctx.task_cfg.name, "model": ctx.model_cfg.name}
 
 
 def student_data(ctx):
-    """The student's training set: the task's, or a seeded subset of method.student_train_samples examples
-    (the low-data setting: the teacher was trained on the whole set, the student sees only these)."""
+    """The student's training set: the task's, or the low-data setting of method.student_train_samples labelled
+    examples (a seeded subset; the teacher was trained on the whole set). transfer=labeled: the student sees
+    only those; transfer=all: it sees every training sentence, the others without their gold label (-100, NaN
+    for regression), so they carry the KD term alone (Hinton et al.'s transfer set: the teacher labels
+    sentences the student has no gold label for)."""
     n, train = ctx.method.student_train_samples, ctx.data["train"]
     if n is None or n >= len(train):
         return train
-    return train.shuffle(seed=ctx.seed).select(range(n))
+    if ctx.method.transfer == "labeled":
+        return train.shuffle(seed=ctx.seed).select(range(n))
+    rows = train.add_column("_row", list(range(len(train))))  # the same seeded subset as transfer=labeled
+    labelled = set(rows.shuffle(seed=ctx.seed).select(range(n))["_row"])
+    unlabelled = float("nan") if ctx.task.is_regression else -100
+
+    def unlabel(example, i):
+        return {"labels": example["labels"] if i in labelled else unlabelled}
+
+    return train.map(unlabel, with_indices=True, keep_in_memory=True)
 
 
 def distil_intermediate(ctx, student, teacher, params: LossParams, train_data, path: Path) -> dict:
