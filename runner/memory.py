@@ -5,17 +5,29 @@ sampled by a background thread every `interval` seconds (Linux /proc; elsewhere 
 everything the process touched (weights, activations, optimizer state, the allocator's free lists), so the
 useful figure is `increase_mb`: the peak during the block minus the resident set at its start, i.e. what
 training itself added (activations, gradients, optimizer moments) — the part parameter-efficient methods shrink.
-A multirun keeps one process for all its jobs; each block measures from its own start.
+A multirun keeps one process for all its jobs, and the C allocator keeps freed memory mapped: without care
+a later job would reuse what an earlier one freed and show no increase. So the block starts by handing freed
+memory back to the system (glibc's malloc_trim), and every job measures what it allocates itself.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 
 import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def release_free_memory() -> None:
+    """Return the C allocator's free pages to the system (glibc malloc_trim; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def resident_bytes() -> int | None:
@@ -43,6 +55,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
+        release_free_memory()
         self.start = self.peak = resident_bytes()
         if self.start is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
