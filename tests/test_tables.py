@@ -102,6 +102,12 @@ def test_missing_cell_shows_the_command_that_fills_it(tmp_path):
     typo = recipe(tmp_path / "typo", ["typo,glue/sst2,minilm,,ratios.0.5.accuracy,85.0,,1.0,,,"])
     table = make_table(typo, runs=[runs], write=False)
     assert table.lines[0].status == "metric not found" and "**metric not found**" in table.markdown
+    # ... and a metric every run writes as null (a measure without a value) is told apart from a typo
+    nulls = tmp_path / "nulls"
+    write_run(nulls, 1, {"accuracy": 0.9, "steps_fraction": None})
+    table = make_table(recipe(tmp_path / "null", ["never,glue/sst2,minilm,,steps_fraction,,,,,,"]), runs=[nulls],
+                       write=False)
+    assert table.lines[0].status == "null" and "null in every run" in table.markdown
 
 
 def test_failed_and_running_runs_are_excluded_and_counted(tmp_path):

@@ -47,7 +47,8 @@ expected.csv schema (one row per published number; `#` lines are comments; empty
     series      line of the figure the point belongs to (default: the metric).
 
 Statuses: ok (|Δ| <= tolerance), off (|Δ| > tolerance), missing (no completed run: the command is
-shown), metric not found (runs exist, the metric path finds nothing), no paper value, no tolerance,
+shown), metric not found (runs exist, the metric path finds nothing), null (every run writes the metric as
+null: a measure without a value, e.g. a loss never reached), no paper value, no tolerance,
 no reference (a relative row whose reference runs are missing). `--check` exits 1 on off/missing.
 When several settings match one row (e.g. two learning rates), each gets its own line and a `variant`
 column names the keys that tell them apart.

@@ -33,7 +33,7 @@ class Line:
     seeds: list[Any] = field(default_factory=list)
     paper: float | None = None
     tolerance: float | None = None
-    status: str = ""  # ok | off | missing | metric not found | no paper value | no tolerance | no reference
+    status: str = ""  # ok | off | missing | metric not found | null | no paper value | no tolerance | no reference
     settings: dict[str, str] = field(default_factory=dict)
     variant: str = ""                # keys telling apart several settings that match one expected row
     relative_to: str = ""
@@ -109,9 +109,11 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
     if not with_metric:
         line = Line(**base, status="missing", x=x_value(row, []))
         if candidates:
-            # Runs exist but none reports the metric: a wrong `metric` path, not a missing run.
-            line.status = "metric not found"
-            line.run_dirs = [str(r.path) for g in candidates for r in g.runs]
+            # Runs exist but none reports the metric: a wrong `metric` path, not a missing run; or the runs
+            # write it as null (a measure that has no value, e.g. a loss never reached)
+            runs = [r for g in candidates for r in g.runs]
+            line.status = "null" if all(r.raw(row.metric) is None for r in runs) else "metric not found"
+            line.run_dirs = [str(r.path) for r in runs]
         return [line]
     keys = varying_keys([g.config for g in with_metric])
     lines = []

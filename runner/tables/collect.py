@@ -68,11 +68,14 @@ class Run:
     def seed(self) -> Any:
         return self.config.get("seed")
 
+    def raw(self, path: str) -> Any:
+        """The value at `path` in results.json ("metrics" first, then from the top), or MISSING."""
+        found = lookup(self.results.get("metrics") or {}, path)
+        return lookup(self.results, path) if found is MISSING else found
+
     def value(self, path: str) -> float | None:
         """A number from results.json: `metric` is looked up under "metrics" first, then from the top."""
-        found = lookup(self.results.get("metrics") or {}, path)
-        if found is MISSING:
-            found = lookup(self.results, path)
+        found = self.raw(path)
         return None if found is MISSING else as_number(found)
 
 

@@ -9,7 +9,8 @@ from runner.tables.aggregate import Line, fmt
 from runner.tables.collect import Collection
 
 STATUS_MARK = {"ok": "ok", "off": "**off**", "no paper value": "ours only", "no tolerance": "no tolerance",
-               "no reference": "no reference run", "metric not found": "**metric not found**"}
+               "no reference": "no reference run", "metric not found": "**metric not found**",
+               "null": "null in every run (no value: see the recipe's README)"}
 
 
 def ours_text(line: Line) -> str:
