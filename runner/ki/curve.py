@@ -145,7 +145,8 @@ def collect_runs(root: Path) -> list[dict]:
         if r.get("status") != "completed" or method.get("name") != "ki" or not (results.parent / "curve.csv").exists():
             continue
         scratch = results.parent / "scratch" / "curve.csv"
-        runs.append({"schedule": f"KI {method.get('schedule')} (a0={method.get('alpha0')})", "seed": r["config"]["seed"],
+        label = f"KI {method.get('schedule')} (a0={method.get('alpha0')}, T={method.get('temperature')})"
+        runs.append({"schedule": label, "seed": r["config"]["seed"],
                      "ki": read_csv(results.parent / "curve.csv"), "scratch": read_csv(scratch) if scratch.exists() else []})
     return runs
 
