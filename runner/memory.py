@@ -75,7 +75,7 @@ class PeakMemory:
             return
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout=1.0)  # never hold up an exit (a requeue signal ends training this way)
             now = resident_bytes()
             if now is not None:
                 self.peak = max(self.peak, now)
