@@ -196,14 +196,14 @@ def fine_prune(ctx, stages) -> dict:
     groups = [{"params": weights}] + ([{"params": scores, "lr": cfg.scores_lr, "weight_decay": 0.0}]
                                       if scores else [])
 
+    task_loss = kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None
+
     def loss_fn(model, inputs, teacher, state):
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if teacher is not None and cfg.alpha_kd > 0:
-            target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
-            kd = soft_kl(outputs.logits, target, cfg.temperature)
-            state.log(task=loss, kd=kd)
-            loss = (1 - cfg.alpha_kd) * loss + cfg.alpha_kd * kd
+        if task_loss is not None:
+            loss, outputs = task_loss(model, inputs, teacher, state)
+        else:
+            outputs = model(**inputs)
+            loss = outputs.loss
         if cfg.pruner == "soft_movement":
             l1 = masks.penalty(found)
             state.log(l1=l1)
@@ -291,6 +291,8 @@ def prune_structure(ctx, stages) -> dict:
 
 
 def kd_loss(cfg: Config, cache: LogitCache | None):
+    """(1 - alpha_kd) * task loss + alpha_kd * T^2 KL(teacher || student), both terms logged: fine-pruning
+    and recovery fine-tuning share it."""
     def loss_fn(model, inputs, teacher, state):
         outputs = model(**inputs)
         target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
