@@ -1,5 +1,6 @@
 """kernels.torch_moe.moe_ffn_topk_torch (the CPU path of MoEFFN) against the fp64 references: both of its
-strategies (segmented padded bmm, expert loop), k=1 and k=E, skewed routing, MiniLM shapes, fallbacks."""
+strategies for the experts not computed densely (segmented padded bmm, expert loop, grouped GEMM), k=1 and k=E,
+skewed routing, MiniLM shapes, fallbacks."""
 
 import pytest
 import torch
@@ -7,9 +8,15 @@ from kernels_testlib import assert_close_to, make_moe_problem, moe_args
 
 import kernels
 from kernels import moe_ffn_dense_oracle, moe_ffn_loop_reference
-from kernels.torch_moe import dense_prefix, moe_ffn_topk_torch, moe_ffn_torch, padded_layout, topk_ranks
+from kernels.torch_moe import (dense_prefix, grouped_mm_usable, moe_ffn_topk_torch, moe_ffn_torch, padded_layout,
+                                topk_ranks)
 
-PADDED, LOOP = 10**9, 0  # padded_slack values that force one strategy
+# options that force one strategy for the experts after the dense prefix
+PADDED = dict(grouped_rows=0, padded_slack=10**9)
+LOOP = dict(grouped_rows=0, padded_slack=0)
+GROUPED = dict(grouped_rows=10**9)
+STRATEGIES = [PADDED, LOOP, GROUPED]
+STRATEGY_IDS = ["padded", "loop", "grouped"]
 
 # (name, T, d, E, m, k, options)
 CASES = [
@@ -29,27 +36,28 @@ def args(p):
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("slack", [PADDED, LOOP], ids=["padded", "loop"])
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=STRATEGY_IDS)
 @pytest.mark.parametrize("segment", [1, 3, 8, 1000])
 @pytest.mark.parametrize("dense_share", [0.0, 0.2, 2.0], ids=["all_dense", "some_dense", "none_dense"])
-def test_topk_path_matches_reference(case, slack, segment, dense_share):
+def test_topk_path_matches_reference(case, strategy, segment, dense_share):
     _, T, d, E, m, k, opts = case
     p = make_moe_problem(T, d, E, m, k, weights=False, **opts)
-    y = moe_ffn_topk_torch(*args(p), padded_slack=slack, segment=segment, dense_share=dense_share)
+    y = moe_ffn_topk_torch(*args(p), **strategy, segment=segment, dense_share=dense_share)
     assert y.shape == (T, d) and y.dtype == torch.float32
     assert_close_to(y, moe_ffn_dense_oracle(*args(p)), torch.float32)
 
 
-@pytest.mark.parametrize("slack", [PADDED, LOOP], ids=["padded", "loop"])
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=STRATEGY_IDS)
 @pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
-def test_topk_path_activations_and_float64(slack, activation):
-    p = make_moe_problem(21, 32, 6, 16, 2, torch.float64, weights=False)
-    y = moe_ffn_topk_torch(*args(p), activation, padded_slack=slack)
-    assert_close_to(y, moe_ffn_loop_reference(*args(p), activation=activation), torch.float64)
+def test_topk_path_activations_and_float64(strategy, activation):
+    for dtype in (torch.float32, torch.float64):  # grouped GEMMs take fp32 only: float64 goes another way
+        p = make_moe_problem(21, 32, 6, 16, 2, dtype, weights=False)
+        y = moe_ffn_topk_torch(*args(p), activation, **strategy)
+        assert_close_to(y, moe_ffn_loop_reference(*args(p), activation=activation), dtype)
 
 
-@pytest.mark.parametrize("slack", [PADDED, LOOP], ids=["padded", "loop"])
-def test_skewed_routing_minilm_batch(slack):
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=STRATEGY_IDS)
+def test_skewed_routing_minilm_batch(strategy):
     """MiniLM shape at 25% with the skew a real router has (a few experts take most tokens, some none)."""
     T, d, E, m, k = 300, 384, 48, 32, 12
     p = make_moe_problem(T, d, E, m, k, weights=False)
@@ -59,13 +67,20 @@ def test_skewed_routing_minilm_batch(slack):
     counts = torch.bincount(p["expert_idx"].view(-1), minlength=E)
     assert counts.max() > 3 * counts.float().mean() and (counts == 0).any()
     want = moe_ffn_dense_oracle(*args(p))
-    assert_close_to(moe_ffn_topk_torch(*args(p), padded_slack=slack, segment=8), want, torch.float32)
+    assert_close_to(moe_ffn_topk_torch(*args(p), **strategy, segment=8), want, torch.float32)
     # busiest first, as MoEFFN.reorder_experts stores them: the leading experts go the dense, masked way
     order = counts.argsort(descending=True)
     p["w_in"], p["b_in"], p["w_out"] = p["w_in"][order], p["b_in"][order], p["w_out"][order]
     p["expert_idx"] = order.argsort()[p["expert_idx"]]
+    if strategy is GROUPED:  # all grouped below the mean rows per expert; above it only the rest after the prefix
+        timings = {}
+        assert_close_to(moe_ffn_topk_torch(*args(p), **strategy, timings=timings), want, torch.float32)
+        assert "dense" not in timings
+        tail = counts.sort(descending=True).values[dense_prefix(counts.sort(descending=True).values.tolist(), T):]
+        strategy = dict(grouped_rows=int(tail.float().mean()) + 1)
+        assert T * k > strategy["grouped_rows"] * E
     timings = {}
-    y = moe_ffn_topk_torch(*args(p), padded_slack=slack, segment=8, timings=timings)
+    y = moe_ffn_topk_torch(*args(p), **strategy, segment=8, timings=timings)
     assert timings["dense"] > 0
     assert_close_to(y, want, torch.float32)
 
@@ -81,11 +96,19 @@ def test_w_in_t_and_chunks_do_not_change_the_result():
 
 
 def test_same_result_as_the_general_torch_path():
-    """The previous CPU path (argsort + per-expert loop) and both new strategies agree to fp32 rounding."""
+    """The previous CPU path (argsort + per-expert loop) and every strategy agree to fp32 rounding."""
     p = make_moe_problem(64, 384, 48, 32, 12, weights=False)
     general = moe_ffn_torch(*args(p), None)
-    for slack in (PADDED, LOOP):
-        torch.testing.assert_close(moe_ffn_topk_torch(*args(p), padded_slack=slack), general, atol=1e-6, rtol=0)
+    for strategy in STRATEGIES:
+        torch.testing.assert_close(moe_ffn_topk_torch(*args(p), **strategy), general, atol=1e-6, rtol=0)
+
+
+def test_grouped_gemms_only_where_the_op_takes_the_shapes():
+    assert grouped_mm_usable(torch.zeros(2, 384), 32)
+    assert not grouped_mm_usable(torch.zeros(2, 384, dtype=torch.float64), 32)  # fp32 rows only
+    assert not grouped_mm_usable(torch.zeros(2, 30), 32) and not grouped_mm_usable(torch.zeros(2, 32), 6)
+    p = make_moe_problem(17, 30, 4, 6, 2, weights=False)  # strides of 120 and 24 bytes: another strategy
+    assert_close_to(moe_ffn_topk_torch(*args(p), **GROUPED), moe_ffn_dense_oracle(*args(p)), torch.float32)
 
 
 def test_fallbacks_duplicates_gradients_half_and_empty():
@@ -115,11 +138,12 @@ def test_ranks_and_padded_layout_by_hand():
 
 def test_stage_timings_are_reported():
     p = make_moe_problem(16, 32, 4, 8, 2, weights=False)
-    for slack, share, stages in ((PADDED, 2.0, {"index", "gather", "gemm1", "gemm2", "reduce"}),
-                                 (LOOP, 2.0, {"index", "gather", "gemm1", "gemm2", "reduce"}),
-                                 (LOOP, 0.0, {"index", "dense"})):
+    for strategy, share, stages in ((PADDED, 2.0, {"index", "gather", "gemm1", "gemm2", "reduce"}),
+                                    (LOOP, 2.0, {"index", "gather", "gemm1", "gemm2", "reduce"}),
+                                    (GROUPED, 2.0, {"index", "gather", "gemm1", "gemm2", "reduce"}),
+                                    (LOOP, 0.0, {"index", "dense"})):
         timings = {}
-        moe_ffn_topk_torch(*args(p), padded_slack=slack, dense_share=share, timings=timings)
+        moe_ffn_topk_torch(*args(p), **strategy, dense_share=share, timings=timings)
         assert set(timings) == stages
         assert all(v >= 0 for v in timings.values())
 
