@@ -287,6 +287,12 @@ def test_tiny_sweep_rendered_end_to_end(tmp_path, shared_data, capsys):
     assert "check failed: 1 row(s)" in capsys.readouterr().err
 
 
+def test_counts_print_without_decimals():
+    from runner.tables.aggregate import fmt
+    assert fmt(8450.0) == "8,450" and fmt(22566146) == "22,566,146" and fmt(12345.6) == "12,346"
+    assert fmt(1234.5) == "1234.50" and fmt(82.34) == "82.34" and fmt(None) == ""
+
+
 def test_curve_y_axis_names_the_metric_not_one_point():
     from types import SimpleNamespace
 

@@ -180,6 +180,6 @@ def _show(value: Any) -> str:
 def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if abs(value) >= 1e4:  # parameter counts, steps: no decimals, thousands separated
-        return f"{value:,.0f}"
+    if abs(value) >= 1e4 or (abs(value) >= 1e3 and float(value).is_integer()):  # parameter counts, steps:
+        return f"{value:,.0f}"                                                   # no decimals, thousands separated
     return f"{value:.{digits}f}"
