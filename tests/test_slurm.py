@@ -40,9 +40,29 @@ def _progress(err_file: Path) -> int:
     return max(map(int, steps), default=0)
 
 
-def _wait(proc: subprocess.Popen, cluster, until, timeout: float, what: str):
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError as e:
+        return f"({e})"
+
+
+def _diagnose(cluster, logs: Path | None) -> str:
+    """What a timeout leaves to read: the queue (and squeue's own errors), the sweep's log, every job's
+    stdout/stderr and the controller's log tail."""
+    queue = cluster.run("squeue", "-h", "-o", "%i %T %r")
+    parts = [f"squeue rc={queue.returncode}: {queue.stdout!r} {queue.stderr.strip()!r}"]
+    if logs is not None:
+        parts.append(f"--- sweep log\n{_tail(logs / 'sweep.log', 3000)}")
+        for f in sorted((logs / "out" / ".submitit").glob("*/*_log.*")):
+            parts.append(f"--- {f.name}\n{_tail(f)}")
+    parts.append(f"--- slurmctld.log\n{_tail(cluster.root / 'slurmctld.log', 3000)}")
+    return "\n".join(parts)
+
+
+def _wait(proc: subprocess.Popen, cluster, until, timeout: float, what: str, logs: Path | None = None):
     """Poll until `until()` is truthy; meanwhile start requeued jobs now (SLURM holds a requeued job
-    for ~2 minutes by default: its BeginTime)."""
+    for ~2 minutes by default: its BeginTime). On a timeout the message carries what to read (_diagnose)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = until()
@@ -54,7 +74,7 @@ def _wait(proc: subprocess.Popen, cluster, until, timeout: float, what: str):
                 cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         time.sleep(0.3)
     proc.kill()
-    raise AssertionError(f"timed out waiting for {what}; jobs: {cluster.jobs()}")
+    raise AssertionError(f"timed out waiting for {what}\n{_diagnose(cluster, logs)}")
 
 
 def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, tmp_path):
@@ -70,12 +90,12 @@ def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, t
         submitit = root / ".submitit"
         # The array's first task (seed=1) is training: send what SLURM sends signal_delay_s before the limit.
         task0 = _wait(proc, cluster, lambda: next(submitit.glob("*_0"), None) if submitit.exists() else None, 120,
-                      "the array to be submitted")
+                      "the array to be submitted", tmp_path)
         array_task = task0.name
-        _wait(proc, cluster, lambda: _progress(task0 / f"{array_task}_0_log.err") >= 2, 180, "training to start")
+        _wait(proc, cluster, lambda: _progress(task0 / f"{array_task}_0_log.err") >= 2, 180, "training to start", tmp_path)
         signal = cluster.run("scancel", "--signal=USR2", array_task)
         assert signal.returncode == 0, signal.stderr
-        _wait(proc, cluster, lambda: proc.poll() is not None, 300, "the sweep to finish")
+        _wait(proc, cluster, lambda: proc.poll() is not None, 300, "the sweep to finish", tmp_path)
     elapsed = time.time() - t0
     out = log_path.read_text()
     assert proc.returncode == 0, out[-4000:]
@@ -99,7 +119,7 @@ def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, t
     # Sweep resume: the same sweep again submits nothing and reports both as skipped. The sweep returns
     # once both results are in; SLURM may still be ending the requeued job's batch step, so first let
     # the queue drain (otherwise a job left from the first launch would read as a new submission).
-    _wait(proc, cluster, lambda: not cluster.jobs(), 60, "the first launch's jobs to leave the queue")
+    _wait(proc, cluster, lambda: not cluster.jobs(), 60, "the first launch's jobs to leave the queue", tmp_path)
     before = {p.name for p in submitit.iterdir()}
     again = run_cli(*args, env=cluster.env, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]

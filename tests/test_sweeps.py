@@ -184,3 +184,36 @@ def test_stop_request_saves_at_the_next_step_then_raises():
             callback.on_save(args, state, TrainerControl())
     finally:
         requeue.clear()
+
+
+class _FakeJob:
+    """A submitted job whose result appears (done) after `done_after` polls, or never (None)."""
+
+    job_id = "7_0"
+
+    def __init__(self, done_after: int | None):
+        self.done_after, self.polls = done_after, 0
+
+    def done(self) -> bool:
+        self.polls += 1
+        return self.done_after is not None and self.polls > self.done_after
+
+
+def test_wait_fails_a_job_that_left_the_queue_without_a_result():
+    # Without sacct submitit sees no state: a job killed outside Python would be waited on forever.
+    from hydra_plugins.plm_runner.launchers import wait_for_result
+
+    asked = []
+    with pytest.raises(RuntimeError, match="left the SLURM queue without writing a result"):
+        wait_for_result(_FakeJob(None), lambda job_id: asked.append(job_id) or False, check_s=0, grace_s=0.05,
+                        poll_s=0.01)
+    assert asked and set(asked) == {"7_0"}
+    # Still queued (pending, running, requeued), or squeue cannot tell: wait until the result is there.
+    for answer in (True, None):
+        job = _FakeJob(20)
+        wait_for_result(job, lambda job_id, a=answer: a, check_s=0, grace_s=0.05, poll_s=0.01)
+        assert job.polls == 21
+    # Gone for a moment only (the grace covers a result file still being written): no failure.
+    job = _FakeJob(3)
+    wait_for_result(job, lambda job_id: False, check_s=0, grace_s=10, poll_s=0.01)
+    assert job.polls == 4

@@ -11,6 +11,8 @@ no torch, no submitit at import time.
 What the submitit ones add to hydra_submitit_launcher 1.2.0's launchers:
 - launch(): jobs whose results.json is completed are not submitted (runner/sweep.py), and a job that
   died (OOM-killed, node failure) is reported as failed instead of stopping the wait for the others;
+  on a cluster without accounting (no sacct) submitit cannot see such a death and would wait forever, so
+  the wait also asks squeue, and a job gone from the queue without a result fails after a grace period;
 - __call__() (runs in the job): SLURM's pre-timeout / preemption signal saves a checkpoint at the next
   step and then requeues the job (runner/requeue.py); `checkpoint()` is the plugin's: the same overrides,
   hence the same run directory, where the requeued job resumes from its newest checkpoint.
@@ -19,6 +21,9 @@ What the submitit ones add to hydra_submitit_launcher 1.2.0's launchers:
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,41 @@ except ImportError:  # pragma: no cover
     plugin = None
 
 log = logging.getLogger("runner")
+
+QUEUE_CHECK_S = 30.0  # how often the wait asks squeue whether a job is still queued or running
+RESULT_GRACE_S = 60.0  # how long a job may be gone from the queue before its missing result counts as a death
+
+
+def in_slurm_queue(job_id: str) -> bool | None:
+    """Whether SLURM still holds the job (pending, running, requeued, completing); None when squeue cannot
+    tell (not installed, controller unreachable)."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode == 0:
+        return bool(out.stdout.strip())
+    return False if "invalid job id" in out.stderr.lower() else None  # a finished job the controller purged
+
+
+def wait_for_result(job, still_queued=in_slurm_queue, check_s: float = QUEUE_CHECK_S,
+                    grace_s: float = RESULT_GRACE_S, poll_s: float = 1.0) -> None:
+    """submitit's job.wait(), plus the one death it cannot see without sacct: the job has left the queue
+    and no result file appears within `grace_s` (killed outside Python, node lost). Raises RuntimeError."""
+    gone_since = None
+    last_check = -float("inf")
+    while not job.done():
+        now = time.monotonic()
+        if now - last_check >= check_s:
+            last_check = now
+            gone_since = (gone_since or now) if still_queued(str(job.job_id)) is False else None
+        if gone_since is not None and now - gone_since >= grace_s:
+            raise RuntimeError(f"the job left the SLURM queue without writing a result in {grace_s:.0f} s "
+                               "(killed outside Python?)")
+        time.sleep(poll_s)
 
 
 class _Resumable:
@@ -80,6 +120,8 @@ class _Resumable:
         results: list[JobReturn | BaseException] = []
         for sub in submitted:
             try:
+                if self._EXECUTOR == "slurm":
+                    wait_for_result(sub)
                 results.append(sub.results()[0])
             except Exception as e:  # the job died or raised outside the task: report it, wait for the others
                 last = [line for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
