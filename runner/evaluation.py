@@ -14,6 +14,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from runner import mlm
 from runner.tasks.collators import collator, fixed_masks, model_inputs
 
 
@@ -45,13 +46,11 @@ def masked_lm_loss(model, dataset, tokenizer, batch_size: int = 128, device: str
     total, count, seconds = 0.0, 0, 0.0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
         t0 = time.perf_counter()
-        logits = model(**batch).logits
+        loss, n = mlm.loss_and_count(model, batch)  # the vocabulary projection on the masked positions only
         seconds += time.perf_counter() - t0
-        keep = labels != -100
-        total += torch.nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction="sum").item()
-        count += int(keep.sum())
+        total += loss
+        count += n
     return total / max(count, 1), count, seconds
 
 

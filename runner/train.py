@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from runner import requeue
 from runner.memory import PeakMemory
+from runner.mlm import masked_lm_loss
 from runner.models import count_parameters
 from runner.tasks.collators import task_collator
 
@@ -87,9 +88,11 @@ class RunnerTrainer(Trainer):
     # accumulation (the model accepts **kwargs) and apply grad_accum times too large a gradient.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, loss_fn: LossFn | None = None, teacher: torch.nn.Module | None = None, **kwargs):
+    def __init__(self, *args, loss_fn: LossFn | None = None, teacher: torch.nn.Module | None = None,
+                 masked_lm: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.masked_lm = masked_lm
         self.teacher = teacher
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
@@ -97,6 +100,11 @@ class RunnerTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Evaluation scores the model's own task loss; the method's loss (and its teacher) is for training.
+        # A masked-LM task's own loss is computed with the vocabulary projection on the masked positions
+        # only (runner/mlm.py: the same value as the model's, a fraction of the work).
+        if self.masked_lm and (self.loss_fn is None or not model.training):
+            loss = masked_lm_loss(model, inputs)
+            return (loss, {"loss": loss}) if return_outputs else loss
         if self.loss_fn is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         state = LossState(step=self.state.global_step, max_steps=self.state.max_steps,
@@ -245,6 +253,7 @@ def fit(
         optimizers=optimizers,
         loss_fn=loss_fn,
         teacher=teacher,
+        masked_lm=mlm,
     )
     resume = last_checkpoint(output_dir)
     if resume:

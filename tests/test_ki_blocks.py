@@ -9,8 +9,9 @@ import torch
 
 from runner.distill.losses import soft_kl
 from runner.ki import curve
-from runner.ki.loss import ki_terms, masked_logits
+from runner.ki.loss import ki_terms
 from runner.ki.schedule import inheritance_rate
+from runner.mlm import masked_logits
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [
@@ -203,3 +204,25 @@ def test_masked_logits_for_every_bert_family(option):
     mask = inputs["labels"] != -100
     full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
     torch.testing.assert_close(masked_logits(model, inputs, mask), full[mask])
+
+
+@pytest.mark.parametrize("option", ["tiny-bert", "tiny-roberta", "tiny-electra"])
+def test_masked_lm_loss_equals_the_models_own_loss(option):
+    # fit's MLM training and evaluation loss (runner/mlm.py): the head on the masked positions only, the
+    # same value as the HF model's loss over the whole sequence; counted per token for evaluate()
+    import yaml
+
+    from runner.config import build
+    from runner.mlm import loss_and_count, masked_lm_loss
+    from runner.models import ModelConfig, load_model
+    from tests.conftest import CONF_DIR
+
+    cfg = build(ModelConfig, yaml.safe_load((CONF_DIR / "model" / f"{option}.yaml").read_text()), "model")
+    torch.manual_seed(0)
+    model = load_model(cfg, "mlm").eval()
+    inputs = batch(vocab=1000)
+    own = model(**inputs).loss
+    torch.testing.assert_close(masked_lm_loss(model, inputs), own)
+    total, count = loss_and_count(model, inputs)
+    assert count == int((inputs["labels"] != -100).sum())
+    assert total / count == pytest.approx(own.item(), rel=1e-5)

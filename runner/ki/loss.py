@@ -3,9 +3,8 @@
     L_t = (1 - alpha_t) * MLM + alpha_t * KD,   KD = T^2 * KL(softmax(z_T / T) || softmax(z_S / T))
 
 both terms averaged over the masked positions only (labels != -100), as the anchor's
-`--restrict_ce_to_mask` does. The vocabulary projection is applied to the masked positions only (the
-anchor's `masked_tokens`): with 15% masking that is ~7x less work in the 30k-way output layer, which
-dominates a small model's step on a CPU. With alpha_t = 0 the teacher is not run and L is plain MLM.
+`--restrict_ce_to_mask` does. The vocabulary projection is applied to the masked positions only
+(runner/mlm.py). With alpha_t = 0 the teacher is not run and L is plain MLM.
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runner.distill.losses import soft_kl
-from runner.models import arch
-
-IGNORE = -100  # label of positions the MLM loss skips (the HF collators' convention)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from runner.mlm import IGNORE, masked_logits
 
 
 @dataclass
@@ -29,19 +25,6 @@ class KITerms:
     mlm: Tensor   # cross-entropy on the masked positions
     kd: Tensor    # T^2 * KL(teacher || student) on the masked positions; 0 when alpha = 0
     alpha: float
-
-
-def masked_logits(model: nn.Module, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
-    """(n_masked, vocab) MLM logits at the positions where `mask` is True: the backbone on the whole
-    batch, the MLM head (arch.classifier) on the selected hidden states only.
-
-    A wrapped model (DistributedDataParallel: no `config`) is called whole, through the wrapper, which
-    synchronises its gradients; the head then runs on every position."""
-    features = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
-    if not hasattr(model, "config"):
-        return model(**features).logits[mask]
-    hidden = arch.backbone(model)(**features)[0]
-    return arch.classifier(model)(hidden[mask])
 
 
 def ki_terms(model: nn.Module, inputs: dict[str, Tensor], alpha: float, temperature: float = 2.0,

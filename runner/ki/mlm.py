@@ -25,13 +25,10 @@ def require_mlm(ctx, method: str, model_cfgs=()) -> None:
 
 
 def loss_fn(rate: Callable[[int], float] | None = None, temperature: float = 2.0):
-    """fit's loss: KI with alpha_t = rate(step), or plain MLM (rate None). Evaluation always scores the
-    plain MLM loss, so every curve is the same quantity."""
+    """fit's training loss: KI with alpha_t = rate(step), or plain MLM (rate None). Evaluation always
+    scores the plain MLM loss (fit, runner/mlm.py), so every curve is the same quantity."""
 
     def compute(model, inputs, teacher, state):
-        if not model.training:
-            terms = ki_terms(model, inputs, 0.0)
-            return terms.loss, {"loss": terms.loss}
         alpha = 0.0 if rate is None else rate(state.step)
         terms = ki_terms(model, inputs, alpha, temperature, teacher)
         if rate is not None:
