@@ -8,8 +8,14 @@ from kernels_testlib import assert_close_to, make_moe_problem, moe_args
 
 import kernels
 from kernels import moe_ffn_dense_oracle, moe_ffn_loop_reference
-from kernels.torch_moe import (dense_prefix, grouped_mm_usable, moe_ffn_topk_torch, moe_ffn_torch, padded_layout,
-                                topk_ranks)
+from kernels.torch_moe import (
+    dense_prefix,
+    grouped_mm_usable,
+    moe_ffn_topk_torch,
+    moe_ffn_torch,
+    padded_layout,
+    topk_ranks,
+)
 
 # options that force one strategy for the experts after the dense prefix
 PADDED = dict(grouped_rows=0, padded_slack=10**9)
