@@ -82,11 +82,11 @@ def test_skewed_routing_minilm_batch(strategy):
         timings = {}
         assert_close_to(moe_ffn_topk_torch(*args(p), **strategy, timings=timings), want, torch.float32)
         assert "dense" not in timings
-        tail = counts.sort(descending=True).values[dense_prefix(counts.sort(descending=True).values.tolist(), T):]
+        tail = counts.sort(descending=True).values[dense_prefix(counts.sort(descending=True).values.tolist(), T, 0.35):]
         strategy = dict(grouped_rows=int(tail.float().mean()) + 1)
         assert T * k > strategy["grouped_rows"] * E
     timings = {}
-    y = moe_ffn_topk_torch(*args(p), **strategy, segment=8, timings=timings)
+    y = moe_ffn_topk_torch(*args(p), **strategy, segment=8, dense_share=0.35, timings=timings)
     assert timings["dense"] > 0
     assert_close_to(y, want, torch.float32)
 
