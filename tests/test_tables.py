@@ -310,3 +310,11 @@ def test_written_run_dirs_are_relative_to_the_working_directory(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     assert shown(tmp_path.resolve() / "outputs" / "run" / "seed1") == "outputs/run/seed1"
     assert shown("/elsewhere/run/seed1") == "/elsewhere/run/seed1"
+
+
+def test_points_spanning_two_decades_plot_on_a_log_axis():
+    from runner.tables.plots import log_x
+
+    assert log_x([0.037, 0.33, 100.0])  # PEFT: trainable share from 0.04% to 100%
+    assert not log_x([3, 5, 10, 20, 50])  # movement pruning: % of weights remaining
+    assert not log_x([0.0, 1.0, 100.0]) and not log_x([])

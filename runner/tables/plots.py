@@ -32,6 +32,13 @@ def y_metric(lines: list[Line]) -> str:
     return stems.pop() if len(stems) == 1 else "metric"
 
 
+def log_x(xs: list[float]) -> bool:
+    """A log x axis when the points span two decades or more (e.g. 0.04% to 100% of the parameters trained):
+    on a linear axis all but the last would sit on top of each other."""
+    xs = [x for x in xs if x is not None]
+    return bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 100
+
+
 def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:
     import matplotlib
 
@@ -54,6 +61,8 @@ def plot_one(name: str, lines: list[Line], out_dir: Path) -> Path:
             ax.plot([p.x for p in paper], [p.paper for p in paper], color=color, marker="s", linestyle="--",
                     markerfacecolor="none", label=f"{label} (paper)")
     first = lines[0]
+    if log_x([line.x for line in lines]):
+        ax.set_xscale("log")
     ax.set_xlabel(first.x_label or "x")
     metric = y_metric(lines)
     ax.set_ylabel(f"{metric} (% of reference)" if first.relative_to else
