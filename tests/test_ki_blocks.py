@@ -189,8 +189,8 @@ def test_summarize_averages_curves_over_seeds_and_recomputes_the_fraction(tmp_pa
     assert (tmp_path / "tables" / "ki-curves.png").exists() and (tmp_path / "tables" / "ki-steps.csv").exists()
 
 
-@pytest.mark.parametrize("option", ["tiny-bert", "tiny-roberta", "tiny-electra"])
-def test_masked_logits_for_every_bert_family(option):
+def tiny_option_mlm(option: str):
+    """A model option's MLM model (random init, seed 0), in eval mode."""
     import yaml
 
     from runner.config import build
@@ -199,7 +199,12 @@ def test_masked_logits_for_every_bert_family(option):
 
     cfg = build(ModelConfig, yaml.safe_load((CONF_DIR / "model" / f"{option}.yaml").read_text()), "model")
     torch.manual_seed(0)
-    model = load_model(cfg, "mlm").eval()
+    return load_model(cfg, "mlm").eval()
+
+
+@pytest.mark.parametrize("option", ["tiny-bert", "tiny-roberta", "tiny-electra"])
+def test_masked_logits_for_every_bert_family(option):
+    model = tiny_option_mlm(option)
     inputs = batch(vocab=1000)
     mask = inputs["labels"] != -100
     full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
@@ -210,16 +215,9 @@ def test_masked_logits_for_every_bert_family(option):
 def test_masked_lm_loss_equals_the_models_own_loss(option):
     # fit's MLM training and evaluation loss (runner/mlm.py): the head on the masked positions only, the
     # same value as the HF model's loss over the whole sequence; counted per token for evaluate()
-    import yaml
-
-    from runner.config import build
     from runner.mlm import loss_and_count, masked_lm_loss
-    from runner.models import ModelConfig, load_model
-    from tests.conftest import CONF_DIR
 
-    cfg = build(ModelConfig, yaml.safe_load((CONF_DIR / "model" / f"{option}.yaml").read_text()), "model")
-    torch.manual_seed(0)
-    model = load_model(cfg, "mlm").eval()
+    model = tiny_option_mlm(option)
     inputs = batch(vocab=1000)
     own = model(**inputs).loss
     torch.testing.assert_close(masked_lm_loss(model, inputs), own)
