@@ -34,19 +34,20 @@ def masked_logits(model: nn.Module, inputs: dict[str, Tensor], mask: Tensor) -> 
     return arch.classifier(model)(hidden[mask])
 
 
-def masked_lm_loss(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
-    """Mean cross-entropy over the masked positions of a batch with `labels` (-100 = not masked)."""
-    labels = inputs["labels"]
-    mask = labels != IGNORE
-    logits = masked_logits(model, inputs, mask)
-    return F.cross_entropy(logits.float(), labels[mask]) if mask.any() else logits.sum() * 0.0
+def masked_lm_loss(model: nn.Module, inputs: dict[str, Tensor], reduction: str = "mean") -> Tensor:
+    """Cross-entropy over the masked positions of a batch with `labels` (-100 = not masked): their mean,
+    or with reduction="sum" their sum (token-weighted evaluation)."""
+    mask = inputs["labels"] != IGNORE
+    return cross_entropy(masked_logits(model, inputs, mask), inputs["labels"][mask], reduction)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """fp32 cross-entropy of the masked positions' logits; 0 (still in the graph) when nothing is masked."""
+    return F.cross_entropy(logits.float(), targets, reduction=reduction) if len(targets) else logits.sum() * 0.0
 
 
 def loss_and_count(model: nn.Module, inputs: dict[str, Tensor]) -> tuple[float, int]:
     """(summed cross-entropy, number of masked tokens) of one batch, for token-weighted evaluation."""
-    labels = inputs["labels"]
-    mask = labels != IGNORE
     with torch.no_grad():
-        logits = masked_logits(model, inputs, mask)
-    total = F.cross_entropy(logits.float(), labels[mask], reduction="sum").item() if mask.any() else 0.0
-    return total, int(mask.sum())
+        total = masked_lm_loss(model, inputs, reduction="sum")
+    return total.item(), int((inputs["labels"] != IGNORE).sum())

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runner.distill.losses import soft_kl
-from runner.mlm import IGNORE, masked_logits
+from runner.mlm import IGNORE, cross_entropy, masked_logits
 
 
 @dataclass
@@ -33,7 +32,7 @@ def ki_terms(model: nn.Module, inputs: dict[str, Tensor], alpha: float, temperat
     labels = inputs["labels"]
     mask = labels != IGNORE
     logits = masked_logits(model, inputs, mask)
-    mlm = F.cross_entropy(logits.float(), labels[mask]) if mask.any() else logits.sum() * 0.0
+    mlm = cross_entropy(logits, labels[mask])
     if alpha == 0:
         return KITerms(loss=mlm, mlm=mlm, kd=torch.zeros((), device=mlm.device), alpha=0.0)
     if teacher is None:
