@@ -318,3 +318,35 @@ def test_points_spanning_two_decades_plot_on_a_log_axis():
     assert log_x([0.037, 0.33, 100.0])  # PEFT: trainable share from 0.04% to 100%
     assert not log_x([3, 5, 10, 20, 50])  # movement pruning: % of weights remaining
     assert not log_x([0.0, 1.0, 100.0]) and not log_x([])
+
+
+def test_keep_earlier_fills_only_rows_without_runs(tmp_path):
+    """A fresh checkout has none of the runs behind a committed table: --keep-earlier keeps the earlier
+    numbers of rows that have no run here (marked, Δ against today's paper value) and never overrides runs."""
+    old_runs, new_runs, out = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    for seed, acc in [(1, 0.80), (2, 0.84)]:
+        write_run(old_runs, seed, {"accuracy": acc})
+        write_run(old_runs, seed, {"pearson": 0.70 + seed / 100}, task="glue/stsb")
+    rows = ["SST-2,glue/sst2,,,accuracy,85.0,,1.0,,,", "STS-B,glue/stsb,,,pearson,70.0,,,,,"]
+    make_table(recipe(tmp_path / "a", rows), runs=[old_runs], out=out)  # the committed table
+    write_run(new_runs, 3, {"accuracy": 0.90})  # only SST-2 is run again, on a new machine
+    folder = recipe(tmp_path / "b", ["SST-2,glue/sst2,,,accuracy,85.0,,1.0,,,", "STS-B,glue/stsb,,,pearson,71.0,,,,,"])
+    assert [line.status for line in make_table(folder, runs=[new_runs], out=out, write=False).lines] == \
+        ["off", "missing"]
+    table = make_table(folder, runs=[new_runs], out=out, keep_earlier=True)
+    sst2, stsb = table.lines
+    assert sst2.mean == pytest.approx(90.0) and sst2.n == 1 and not sst2.earlier  # runs here win
+    assert stsb.mean == pytest.approx(71.5) and stsb.std == pytest.approx(statistics.stdev([71.0, 72.0]))
+    assert stsb.n == 2 and stsb.seeds == ["1", "2"] and stsb.delta == pytest.approx(0.5)  # today's paper value
+    assert stsb.status == "no tolerance" and stsb.earlier == str(out / "recipe.csv")
+    assert stsb.run_dirs == [str(old_runs / "finetune/glue/stsb/minilm/default" / f"seed{s}") for s in (1, 2)]
+    assert "no tolerance · earlier table" in table.markdown and "`--keep-earlier`" in table.markdown
+    assert table.problems == [sst2]  # off tolerance; the kept row is not missing any more
+    with open(out / "recipe.csv", newline="") as f:  # the rewritten table keeps the mark, and so the numbers
+        written = {r["label"]: r for r in csv.DictReader(f)}
+    assert written["STS-B"]["earlier"] and float(written["STS-B"]["mean"]) == pytest.approx(71.5)
+    again = make_table(folder, runs=[new_runs], out=out, keep_earlier=True, write=False).lines[1]
+    assert again.mean == pytest.approx(71.5) and again.n == 2
+    (out / "recipe.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="not a table CSV"):
+        make_table(folder, runs=[new_runs], out=out, keep_earlier=True, write=False)

@@ -19,13 +19,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="search these folders for runs instead of the recipe's paths.output_root (repeatable)")
     parser.add_argument("--out", type=Path, help="where to write .md/.csv/.tex/.png (default: <output root>/tables)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--keep-earlier", action="store_true",
+                        help="rows with no run here keep the numbers of the table already in --out (e.g. the "
+                             "recipe's committed results/ after a fresh checkout); marked `earlier table`")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row is off tolerance or missing")
     args = parser.parse_args(argv)
 
     from runner.tables import make_table
 
     try:
-        table = make_table(args.path, runs=args.runs, out=args.out, write=not args.no_write)
+        table = make_table(args.path, runs=args.runs, out=args.out, write=not args.no_write,
+                           keep_earlier=args.keep_earlier)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,6 +49,7 @@ class Line:
     x: float | None = None
     x_label: str = ""
     series: str = ""
+    earlier: str = ""                # the earlier table's CSV these numbers come from (runs not here)
 
     @property
     def delta(self) -> float | None:

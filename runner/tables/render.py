@@ -36,6 +36,8 @@ def status_text(line: Line) -> str:
         text = f"missing: `{line.command}`"
     else:
         text = STATUS_MARK.get(line.status, line.status)
+    if line.earlier:
+        text += " · earlier table"
     extra = [f"{line.failed} failed" if line.failed else "", f"{line.running} running" if line.running else ""]
     extra = ", ".join(e for e in extra if e)
     return f"{text} ({extra}, excluded)" if extra else text
@@ -77,6 +79,10 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
         out += ["", "Relative rows (ours = 100 × our metric / our reference run's, per seed):"]
         out += [f"- {line.label}: reference {line.reference}; absolute {fmt(line.absolute, 4)}" for line in relative]
     # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
+    earlier = list(dict.fromkeys(line.earlier for line in lines if line.earlier))
+    if earlier:
+        out += ["", f"`earlier table`: numbers kept from {', '.join(map(shown, earlier))} (`--keep-earlier`): "
+                    "those runs are not under the roots searched here; Δ and status use today's expected.csv."]
     notes = list(dict.fromkeys(f"- {line.label}: {line.note}" for line in lines if line.note))
     if notes:
         out += ["", "Notes:", *notes]
@@ -106,7 +112,7 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 CSV_COLUMNS = ["label", "variant", "metric", "scale", "mean", "std", "n", "seeds", "paper", "delta", "tolerance",
                "flag", "status", "relative_to", "reference", "absolute", "failed", "running", "source", "note",
-               "command", "settings", "run_dirs"]
+               "command", "settings", "run_dirs", "x", "earlier"]
 
 
 def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
@@ -120,6 +126,7 @@ def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
                 int(line.flagged), line.status, line.relative_to, line.reference, _num(line.absolute), line.failed,
                 line.running, line.source, line.note, line.command if line.status == "missing" else "",
                 ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(map(shown, line.run_dirs)),
+                _num(line.x), line.earlier,
             ])
 
 

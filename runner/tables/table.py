@@ -62,11 +62,12 @@ def recipe_roots(recipe: Path) -> list[Path]:
 
 
 def make_table(path: Path | str, runs: list[Path] | None = None, out: Path | None = None,
-               write: bool = True) -> Table:
+               write: bool = True, keep_earlier: bool = False) -> Table:
     """Build the table of a recipe folder (expected.csv + experiment files) or of an outputs folder.
 
     runs: folders to search instead of the recipe's output roots. out: where the files go
-    (default <first output root>/tables). write=False only renders (no files)."""
+    (default <first output root>/tables). write=False only renders (no files). keep_earlier: rows with no
+    run here keep the numbers of the table already at out (runner/tables/earlier.py)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such folder; pass a recipe (recipes/<paper>) or an outputs folder")
@@ -79,11 +80,15 @@ def make_table(path: Path | str, runs: list[Path] | None = None, out: Path | Non
         lines, others = build_lines(read_expected(path / EXPECTED), found)
     else:
         lines, others = [], [group_line(g) for g in found.groups]
+    out = Path(out) if out else roots[0] / "tables"
+    if keep_earlier:
+        from runner.tables.earlier import keep_earlier as keep
+
+        lines = keep(lines, out / f"{name}.csv")
     from runner.tables.render import markdown
 
     table = Table(name, markdown(name, lines, others, found), lines, others, found)
     if write:
-        out = Path(out) if out else roots[0] / "tables"
         table.files = write_files(table, out)
     return table
 
