@@ -17,6 +17,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SHARED_DATA = Path(os.environ.get("PLM_DATA_DIR", ROOT.parent / "shared" / "data"))
+# CLI runs in subprocesses find the data as CI's do (.ci/run exports PLM_DATA_DIR): also under a plain
+# `make test` on a machine with ../shared beside the checkout
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("PLM_DATA_DIR", str(SHARED_DATA))
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
