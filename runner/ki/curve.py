@@ -180,9 +180,16 @@ def summarize(root: Path, out: Path) -> dict:
 
 
 if __name__ == "__main__":  # python -m runner.ki.curve <runs folder> [<out folder>]
-    import sys
+    import argparse
 
-    root = Path(sys.argv[1])
-    summary = summarize(root, Path(sys.argv[2]) if len(sys.argv) > 2 else root / "tables")
+    parser = argparse.ArgumentParser(prog="python -m runner.ki.curve",
+                                     description="ki-curves.png (mean validation loss per schedule) and ki-steps.csv "
+                                                 "(steps_fraction per run) from a folder of KI runs")
+    parser.add_argument("runs", type=Path, help="folder searched for KI runs (e.g. outputs/recipes/knowledge-inheritance)")
+    parser.add_argument("out", type=Path, nargs="?", help="where the files go (default: <runs>/tables)")
+    args = parser.parse_args()
+    if not args.runs.is_dir():
+        parser.exit(2, f"error: {args.runs}: no such folder; pass the folder holding the KI runs\n")
+    summary = summarize(args.runs, args.out or args.runs / "tables")
     for row in summary["rows"]:
         print(f"{row['schedule']:28s} seed {row['seed']}: steps_fraction {row['steps_fraction']}")

@@ -78,11 +78,11 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     if relative:
         out += ["", "Relative rows (ours = 100 × our metric / our reference run's, per seed):"]
         out += [f"- {line.label}: reference {line.reference}; absolute {fmt(line.absolute, 4)}" for line in relative]
-    # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
     earlier = list(dict.fromkeys(line.earlier for line in lines if line.earlier))
     if earlier:
         out += ["", f"`earlier table`: numbers kept from {', '.join(map(shown, earlier))} (`--keep-earlier`): "
                     "those runs are not under the roots searched here; Δ and status use today's expected.csv."]
+    # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
     notes = list(dict.fromkeys(f"- {line.label}: {line.note}" for line in lines if line.note))
     if notes:
         out += ["", "Notes:", *notes]
