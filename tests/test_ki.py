@@ -28,6 +28,12 @@ def results(root) -> tuple[dict, object]:
     return json.loads(files[0].read_text()), files[0].parent
 
 
+def rows_loss_at_20(run_dir) -> float:
+    """The tiny run's validation loss at step 20, where its linear a_t reaches 0."""
+    with (run_dir / "curve.csv").open() as handle:
+        return next(float(r["eval_loss"]) for r in csv.DictReader(handle) if r["step"] == "20")
+
+
 def test_ki_trains_teacher_and_scratch_stages_and_logs_its_terms(tmp_path, shared_data):
     out = run_cli(*TINY_KI, f"data_dir={shared_data}", f"paths.output_root={tmp_path / 'runs'}",
                   f"paths.cache_dir={tmp_path / 'cache'}")
@@ -39,6 +45,7 @@ def test_ki_trains_teacher_and_scratch_stages_and_logs_its_terms(tmp_path, share
     m = r["metrics"]
     assert {"loss", "perplexity", "scratch_loss", "steps_fraction"} <= set(m)
     assert m["steps_fraction"] is None or m["steps_fraction"] > 0
+    assert "kd_stop_fraction" in m and m["kd_stop_loss"] == pytest.approx(rows_loss_at_20(run_dir))
     with (run_dir / "curve.csv").open() as handle:
         rows = {int(row["step"]): row for row in csv.DictReader(handle)}
     assert sorted(rows) == [10, 20, 30, 40]

@@ -145,6 +145,22 @@ def test_steps_fraction_interpolates_the_crossing():
     assert curve.steps_to_reach([(100, 3.0)], 4.0) == 100  # already below at the first evaluation
 
 
+def test_kd_stop_fraction_is_the_papers_measure():
+    """The paper's 40k / 55k: where KD stops, the KI loss; the steps the scratch student needs to get there."""
+    scratch = [(100, 6.0), (200, 5.0), (300, 4.5), (400, 4.0)]
+    ki = [(100, 5.6), (200, 4.8), (300, 4.3), (400, 4.1)]
+    assert curve.loss_at(ki, 150) == pytest.approx(5.2) and curve.loss_at(ki, 300) == pytest.approx(4.3)
+    assert curve.loss_at(ki, 50) is None and curve.loss_at(ki, 500) is None
+    # KD stops at 150 (KI at 5.2): the scratch curve reaches 5.2 at step 180 -> 150 / 180
+    assert curve.kd_stop_fraction(ki, scratch, 150) == pytest.approx(150 / 180)
+    # at 300 KI is at 4.3, which scratch reaches at 340: 300 / 340 (< 1 though KI ends behind)
+    assert curve.kd_stop_fraction(ki, scratch, 300) == pytest.approx(300 / 340)
+    assert curve.kd_stop_fraction([(100, 3.0), (200, 2.9)], scratch, 150) is None  # scratch never that low
+    assert curve.kd_stop({"schedule": "linear", "inherit_steps": 600}) == 600
+    assert curve.kd_stop({"schedule": "step", "inherit_steps": 600}) == 600
+    assert curve.kd_stop({"schedule": "constant", "inherit_steps": 600}) is None  # the teacher is never let go
+
+
 def test_training_masks_depend_on_seed_and_batch_not_on_the_global_rng():
     import datasets
 
@@ -179,12 +195,14 @@ def test_summarize_averages_curves_over_seeds_and_recomputes_the_fraction(tmp_pa
         run = tmp_path / f"ki/seed{seed}"
         curve.write_csv([{"step": s, "eval_loss": v - 0.4 - shift} for s, v in scratch], run / "curve.csv")
         curve.write_csv([{"step": s, "eval_loss": v} for s, v in scratch], run / "scratch" / "curve.csv")
-        config = {"seed": seed, "method": {"name": "ki", "schedule": "linear", "alpha0": 1.0}}
+        config = {"seed": seed, "method": {"name": "ki", "schedule": "linear", "alpha0": 1.0, "inherit_steps": 200}}
         (run / "results.json").write_text(json.dumps({"status": "completed", "config": config}))
     summary = curve.summarize(tmp_path, tmp_path / "tables")
     fractions = sorted(r["steps_fraction"] for r in summary["rows"])
     # seed 1 (-0.4: 4.1 at 300, 3.6 at 400) crosses 4.0 at 320; seed 2 (-0.6: 4.4 at 200, 3.9 at 300) at 280
     assert fractions == pytest.approx([280 / 400, 320 / 400])
+    # KD stops at 200: seed 1 at 4.6 (scratch gets there at 280), seed 2 at 4.4 (at 320)
+    assert sorted(r["kd_stop_fraction"] for r in summary["rows"]) == pytest.approx([200 / 320, 200 / 280])
     assert curve.mean_curve([[(1, 1.0), (2, 2.0)], [(1, 3.0)]]) == [(1, 2.0)]
     assert (tmp_path / "tables" / "ki-curves.png").exists() and (tmp_path / "tables" / "ki-steps.csv").exists()
 

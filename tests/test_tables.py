@@ -329,13 +329,13 @@ def test_keep_earlier_fills_only_rows_without_runs(tmp_path):
         write_run(old_runs, seed, {"pearson": 0.70 + seed / 100}, task="glue/stsb")
     rows = ["SST-2,glue/sst2,,,accuracy,85.0,,1.0,,,", "STS-B,glue/stsb,,,pearson,70.0,,,,,"]
     make_table(recipe(tmp_path / "a", rows), runs=[old_runs], out=out)  # the committed table
-    write_run(new_runs, 3, {"accuracy": 0.90})  # only SST-2 is run again, on a new machine
+    write_run(new_runs, 3, {"accuracy": 0.90}, lr=1e-4)  # only SST-2 is run again, on a new machine, at another lr
     folder = recipe(tmp_path / "b", ["SST-2,glue/sst2,,,accuracy,85.0,,1.0,,,", "STS-B,glue/stsb,,,pearson,71.0,,,,,"])
     assert [line.status for line in make_table(folder, runs=[new_runs], out=out, write=False).lines] == \
         ["off", "missing"]
     table = make_table(folder, runs=[new_runs], out=out, keep_earlier=True)
     sst2, stsb = table.lines
-    assert sst2.mean == pytest.approx(90.0) and sst2.n == 1 and not sst2.earlier  # runs here win
+    assert sst2.mean == pytest.approx(90.0) and sst2.n == 1 and not sst2.earlier  # another setting: never mixed
     assert stsb.mean == pytest.approx(71.5) and stsb.std == pytest.approx(statistics.stdev([71.0, 72.0]))
     assert stsb.n == 2 and stsb.seeds == ["1", "2"] and stsb.delta == pytest.approx(0.5)  # today's paper value
     assert stsb.status == "no tolerance" and stsb.earlier == str(out / "recipe.csv")
@@ -350,3 +350,28 @@ def test_keep_earlier_fills_only_rows_without_runs(tmp_path):
     (out / "recipe.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="not a table CSV"):
         make_table(folder, runs=[new_runs], out=out, keep_earlier=True, write=False)
+
+
+def test_keep_earlier_adds_the_seeds_of_the_same_setting_not_run_here(tmp_path):
+    """A third seed run in a later session joins the committed table's first two (same config fingerprint);
+    a seed run here again replaces its earlier value."""
+    old_runs, new_runs, out = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    for seed, acc in [(1, 0.80), (2, 0.84)]:
+        write_run(old_runs, seed, {"accuracy": acc})
+    rows = ["SST-2,glue/sst2,,,accuracy,85.0,,,,,"]
+    make_table(recipe(tmp_path / "a", rows), runs=[old_runs], out=out)
+    with open(out / "recipe.csv", newline="") as f:
+        written = next(csv.DictReader(f))
+    assert written["values"] == "1:80.0 2:84.0" and len(written["setting"]) == 16
+    write_run(new_runs, 2, {"accuracy": 0.86})
+    write_run(new_runs, 3, {"accuracy": 0.90})
+    folder = recipe(tmp_path / "b", rows)
+    table = make_table(folder, runs=[new_runs], out=out, keep_earlier=True)
+    (line,) = table.lines
+    assert line.n == 3 and line.seeds == ["1", "2", "3"] and line.earlier_seeds == ["1"]
+    assert line.mean == pytest.approx((80 + 86 + 90) / 3) and line.std == pytest.approx(statistics.stdev([80, 86, 90]))
+    assert line.delta == pytest.approx((80 + 86 + 90) / 3 - 85)
+    assert line.run_dirs[-1].endswith("seed1") and len(line.run_dirs) == 3
+    assert "seed 1 from the earlier table" in table.markdown
+    again = make_table(folder, runs=[new_runs], out=out, keep_earlier=True, write=False).lines[0]
+    assert again.n == 3 and again.mean == pytest.approx(line.mean)  # the rewritten CSV carries all three seeds

@@ -5,13 +5,17 @@
     curve.png   validation loss vs step
 
 `steps_fraction(ki, scratch)`: the steps the KI student needs to reach the from-scratch student's final
-validation loss, as a fraction of the scratch run's steps (< 1: KI saves that share of the steps). The
-crossing is interpolated linearly between the two evaluations around it.
+validation loss, as a fraction of the scratch run's steps (< 1: KI saves that share of the steps).
+`kd_stop_fraction(ki, scratch, stop)`: the paper's own measure (§4.1: KD stops at step 40k, where the KI
+student is "almost" where the scratch one is after 55k steps): the step where a_t reaches 0, over the steps
+the scratch student needs to reach the KI student's loss at that step. Crossings are interpolated linearly
+between the two evaluations around them.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 
@@ -128,6 +132,30 @@ def steps_fraction(ki: list[tuple[int, float]], scratch: list[tuple[int, float]]
     return None if reached is None or final_step <= 0 else reached / final_step
 
 
+def loss_at(points: list[tuple[int, float]], step: int) -> float | None:
+    """The curve's value at `step`, interpolated between the evaluations around it; None outside the curve."""
+    for (s0, v0), (s1, v1) in itertools.pairwise(points):
+        if s0 <= step <= s1:
+            return v0 if s1 == s0 else v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    return points[0][1] if len(points) == 1 and points[0][0] == step else None
+
+
+def kd_stop_fraction(ki: list[tuple[int, float]], scratch: list[tuple[int, float]], stop: int) -> float | None:
+    """`stop` (the step where KD stops) over the steps the scratch curve needs to reach the KI curve's loss at
+    `stop`; None when the KI curve has no value there or the scratch curve never gets that low."""
+    target = loss_at(ki, stop) if stop > 0 else None
+    reached = None if target is None else steps_to_reach(scratch, target)
+    return None if not reached else stop / reached
+
+
+def kd_stop(method: dict) -> int | None:
+    """The step where a method=ki config lets its teacher go (a_t = 0 from there on); None for the constant
+    schedule, which never does."""
+    if method.get("schedule") == "constant" or not method.get("inherit_steps"):
+        return None
+    return int(method["inherit_steps"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The recipe's figure: every completed ki run under a folder, mean curve per schedule and of the scratch runs
 
@@ -146,7 +174,7 @@ def collect_runs(root: Path) -> list[dict]:
             continue
         scratch = results.parent / "scratch" / "curve.csv"
         label = f"KI {method.get('schedule')} (a0={method.get('alpha0')}, T={method.get('temperature')})"
-        runs.append({"schedule": label, "seed": r["config"]["seed"],
+        runs.append({"schedule": label, "seed": r["config"]["seed"], "stop": kd_stop(method),
                      "ki": read_csv(results.parent / "curve.csv"), "scratch": read_csv(scratch) if scratch.exists() else []})
     return runs
 
@@ -159,7 +187,7 @@ def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]
 
 def summarize(root: Path, out: Path) -> dict:
     """<out>/ki-curves.png (mean validation loss per schedule and of the scratch students, over seeds) and
-    <out>/ki-steps.csv (steps_fraction per run, recomputed from the curves)."""
+    <out>/ki-steps.csv (steps_fraction and kd_stop_fraction per run, recomputed from the curves)."""
     runs = collect_runs(root)
     out.mkdir(parents=True, exist_ok=True)
     by_schedule: dict[str, list[dict]] = {}
@@ -170,10 +198,12 @@ def summarize(root: Path, out: Path) -> dict:
     curves.update({f"{name}, {len(group)} seeds": mean_curve([r["ki"] for r in group])
                    for name, group in sorted(by_schedule.items())})
     plot({k: v for k, v in curves.items() if v}, out / "ki-curves.png", "validation MLM loss, mean over seeds")
-    rows = [{"schedule": r["schedule"], "seed": r["seed"], "steps_fraction": steps_fraction(r["ki"], r["scratch"])}
+    rows = [{"schedule": r["schedule"], "seed": r["seed"], "steps_fraction": steps_fraction(r["ki"], r["scratch"]),
+             "kd_stop": r["stop"],
+             "kd_stop_fraction": kd_stop_fraction(r["ki"], r["scratch"], r["stop"]) if r["stop"] else None}
             for r in runs]
     with (out / "ki-steps.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["schedule", "seed", "steps_fraction"])
+        writer = csv.DictWriter(handle, fieldnames=["schedule", "seed", "steps_fraction", "kd_stop", "kd_stop_fraction"])
         writer.writeheader()
         writer.writerows(rows)
     return {"runs": len(runs), "rows": rows}
@@ -192,4 +222,5 @@ if __name__ == "__main__":  # python -m runner.ki.curve <runs folder> [<out fold
         parser.exit(2, f"error: {args.runs}: no such folder; pass the folder holding the KI runs\n")
     summary = summarize(args.runs, args.out or args.runs / "tables")
     for row in summary["rows"]:
-        print(f"{row['schedule']:28s} seed {row['seed']}: steps_fraction {row['steps_fraction']}")
+        print(f"{row['schedule']:28s} seed {row['seed']}: steps_fraction {row['steps_fraction']}, "
+              f"kd_stop_fraction {row['kd_stop_fraction']} (KD stops at step {row['kd_stop']})")

@@ -12,7 +12,8 @@ plus the KD term of an existing smaller teacher, whose weight decays so the stud
               a_t, the MLM and the KD terms are logged at every logging step (loss_alpha, loss_mlm, loss_kd)
     compare   validation loss every train.eval_steps on the task's fixed masks; curve.csv/png with the scratch and
               teacher curves; steps_fraction = steps the KI student needs to reach the scratch student's
-              final validation loss / the scratch steps
+              final validation loss / the scratch steps; kd_stop_fraction = the paper's measure: the step
+              where a_t reaches 0 / the steps the scratch student needs to reach the KI loss at that step
     save      model/ (student with its MLM head)
 """
 
@@ -179,6 +180,11 @@ def report(ctx, result: dict, scratch, teacher_dir, teacher_name: str, scratch_c
         metrics["steps_fraction"] = fraction  # None: the KI student never reached the scratch final loss
         if fraction is not None:
             metrics["steps_saved"] = 1 - fraction
+        stop = curve.kd_stop(dataclasses.asdict(ctx.method))
+        if stop is not None and stop < result["steps"]:
+            metrics["kd_stop_loss"] = curve.loss_at(ki_curve, stop)
+            # None: the scratch student never got as low as the KI student was when KD stopped
+            metrics["kd_stop_fraction"] = curve.kd_stop_fraction(ki_curve, scratch_curve, stop)
     out = {"metrics": metrics, "train": result["train"], "steps": result["steps"], "curve": "curve.csv",
            "teacher": {"name": teacher_name, "model": str(teacher_dir) if teacher_dir else None}}
     if scratch is not None:

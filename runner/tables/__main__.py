@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--keep-earlier", action="store_true",
                         help="rows with no run here keep the numbers of the table already in --out (e.g. the "
-                             "recipe's committed results/ after a fresh checkout); marked `earlier table`")
+                             "recipe's committed results/ after a fresh checkout), and rows run here for some "
+                             "seeds take the other seeds of the same setting from it; marked `earlier table`")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row is off tolerance or missing")
     args = parser.parse_args(argv)
 

@@ -50,6 +50,9 @@ class Line:
     x_label: str = ""
     series: str = ""
     earlier: str = ""                # the earlier table's CSV these numbers come from (runs not here)
+    earlier_seeds: list[str] = field(default_factory=list)  # seeds of a line with runs here added from it
+    values: dict[Any, float] = field(default_factory=dict)  # seed -> value (table units): what mean/std are of
+    setting_key: str = ""            # runner.results.fingerprint of the setting (config less seed and paths)
 
     @property
     def delta(self) -> float | None:
@@ -138,6 +141,8 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
         else:
             values = scaled(values, scale)
         line.mean, line.std, line.n = stats(list(values.values()))
+        line.setting_key = group.key
+        line.values = {} if None in values else values
         if None in values:  # a ratio of means (no common seeds): n is still the number of our runs
             line.n = len(group.values(row.metric))
         line.seeds = [s for s in values if s is not None] or group.seeds

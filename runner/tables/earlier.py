@@ -5,7 +5,13 @@ committed table (recipes/<paper>/results/<paper>.csv). When only some settings a
 table from outputs/ alone would turn every other measured row into `missing`. With `--keep-earlier`, such a
 row takes its numbers from the earlier table's CSV (full precision, same label and metric) instead, and is
 marked `earlier` in the table: Δ and the status are recomputed against today's expected.csv, and the run
-directories named are those of the earlier table. A row that has runs here never uses the earlier numbers.
+directories named are those of the earlier table.
+
+A row that has runs here keeps them, and takes from the earlier table only the seeds it has no run for, when
+the earlier row is of the very same setting: same label and metric and the same config fingerprint (the CSV's
+`setting` column, runner.results.fingerprint of the config less seed and paths) with per-seed values (its
+`values` column). So a third seed run in a later session joins the first two; a changed recipe (another
+learning rate, steps, ...) changes the fingerprint and its old seeds are never mixed in.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import csv
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.tables.aggregate import Line, status
+from runner.tables.aggregate import Line, stats, status
 
 
 def _float(text: str) -> float | None:
@@ -37,13 +43,42 @@ def read_earlier(path: Path) -> dict[tuple[str, str], list[dict[str, str]]]:
     return out
 
 
+def per_seed(row: dict[str, str]) -> dict[str, float]:
+    """seed -> value of an earlier row (its `values` column: "seed:value ...")."""
+    pairs = (item.rpartition(":") for item in (row.get("values") or "").split())
+    return {seed: float(value) for seed, _, value in pairs if seed}
+
+
+def add_seeds(line: Line, rows: list[dict[str, str]], path: Path) -> Line:
+    """`line` (runs here) with the earlier per-seed values of its own setting for the seeds not run here."""
+    same = [r for r in rows if line.setting_key and r.get("setting") == line.setting_key]
+    here = {str(seed) for seed in line.values}
+    extra = {seed: v for r in same for seed, v in per_seed(r).items() if seed not in here}
+    if not line.values or not extra:
+        return line
+    merged = Line(**line.__dict__)  # a relative row's `absolute` stays that of today's runs
+    merged.values = {**{str(seed): v for seed, v in line.values.items()}, **extra}
+    merged.mean, merged.std, merged.n = stats(list(merged.values.values()))
+    merged.seeds = sorted(map(str, merged.values), key=lambda s: (len(s), s))
+    merged.earlier_seeds = sorted(extra, key=lambda s: (len(s), s))
+    merged.earlier = str(path)
+    merged.run_dirs = line.run_dirs + [d for r in same for d in (r.get("run_dirs") or "").split()
+                                       if d.rsplit("seed", 1)[-1] in extra]
+    merged.status = status(merged)
+    return merged
+
+
 def keep_earlier(lines: list[Line], path: Path) -> list[Line]:
     """Lines where every `missing` line with earlier numbers is replaced by those numbers (one line per
-    earlier variant); other lines are returned unchanged. The earlier CSV's paper value is not used."""
+    earlier variant), and lines with runs here gain the earlier seeds of their own setting that were not run
+    here (add_seeds); other lines are returned unchanged. The earlier CSV's paper value is not used."""
     earlier = read_earlier(path) if path.exists() else {}
     out = []
     for line in lines:
-        rows = earlier.get((line.label, line.metric)) if line.status == "missing" else None
+        rows = earlier.get((line.label, line.metric))
+        if rows and line.status != "missing":
+            out.append(add_seeds(line, rows, path))
+            continue
         if not rows:
             out.append(line)
             continue
@@ -55,6 +90,7 @@ def keep_earlier(lines: list[Line], path: Path) -> list[Line]:
             kept.reference = row.get("reference", "")
             kept.absolute = _float(row.get("absolute", ""))
             kept.run_dirs = (row.get("run_dirs") or "").split()
+            kept.values, kept.setting_key = per_seed(row), row.get("setting", "")
             if kept.x is None and row.get("x"):
                 kept.x = _float(row["x"])
             kept.command = ""

@@ -36,7 +36,9 @@ def status_text(line: Line) -> str:
         text = f"missing: `{line.command}`"
     else:
         text = STATUS_MARK.get(line.status, line.status)
-    if line.earlier:
+    if line.earlier_seeds:
+        text += f" · seed{'s' if len(line.earlier_seeds) > 1 else ''} {', '.join(line.earlier_seeds)} from the earlier table"
+    elif line.earlier:
         text += " · earlier table"
     extra = [f"{line.failed} failed" if line.failed else "", f"{line.running} running" if line.running else ""]
     extra = ", ".join(e for e in extra if e)
@@ -81,7 +83,9 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     earlier = list(dict.fromkeys(line.earlier for line in lines if line.earlier))
     if earlier:
         out += ["", f"`earlier table`: numbers kept from {', '.join(map(shown, earlier))} (`--keep-earlier`): "
-                    "those runs are not under the roots searched here; Δ and status use today's expected.csv."]
+                    "those runs are not under the roots searched here; Δ and status use today's expected.csv. "
+                    "`seeds … from the earlier table`: the seeds of the same setting (same config fingerprint) that "
+                    "were not run again here are added to today's."]
     # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
     notes = list(dict.fromkeys(f"- {line.label}: {line.note}" for line in lines if line.note))
     if notes:
@@ -112,7 +116,7 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 CSV_COLUMNS = ["label", "variant", "metric", "scale", "mean", "std", "n", "seeds", "paper", "delta", "tolerance",
                "flag", "status", "relative_to", "reference", "absolute", "failed", "running", "source", "note",
-               "command", "settings", "run_dirs", "x", "earlier"]
+               "command", "settings", "run_dirs", "x", "earlier", "values", "setting"]
 
 
 def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
@@ -126,7 +130,8 @@ def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
                 int(line.flagged), line.status, line.relative_to, line.reference, _num(line.absolute), line.failed,
                 line.running, line.source, line.note, line.command if line.status == "missing" else "",
                 ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(map(shown, line.run_dirs)),
-                _num(line.x), line.earlier,
+                _num(line.x), line.earlier, " ".join(f"{seed}:{v!r}" for seed, v in line.values.items()),
+                line.setting_key,
             ])
 
 
