@@ -177,6 +177,25 @@ def test_several_matching_settings_get_a_line_each(tmp_path):
     assert make_table(noted, runs=[runs], write=False).markdown.count("- SST-2: 8k sentences") == 1
 
 
+def test_a_source_path_naming_the_runs_seed_is_one_setting_over_seeds(tmp_path):
+    # A downstream fine-tune reads <pretrain run>/seed<N>/model: its seeds are one setting (mean over them),
+    # a source from another seed's folder or another run is not.
+    runs = tmp_path / "runs"
+
+    def with_source(run_dir: Path, source: str) -> None:
+        results = json.loads((run_dir / "results.json").read_text())
+        results["config"]["model"]["source"] = source
+        (run_dir / "results.json").write_text(json.dumps(results))
+
+    for seed, acc in ((1, 0.70), (2, 0.74)):
+        with_source(write_run(runs, seed, {"accuracy": acc}, tag=f"src{seed}"), f"out/ki/seed{seed}/model")
+    with_source(write_run(runs, 3, {"accuracy": 0.5}, tag="other"), "out/ki/seed1/model")
+    folder = recipe(tmp_path, ["SST-2,glue/sst2,,,accuracy,,,,,,"])
+    lines = sorted(make_table(folder, runs=[runs], write=False).lines, key=lambda line: line.n)
+    assert [(line.n, line.mean) for line in lines] == [(1, pytest.approx(50.0)), (2, pytest.approx(72.0))]
+    assert "seed<seed>" in lines[1].variant and "seed1" in lines[0].variant
+
+
 def test_csv_latex_and_png_are_written(tmp_path):
     runs = tmp_path / "runs"
     for seed in (1, 2, 3):

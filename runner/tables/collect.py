@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,22 @@ WHERE_KEYS = {"hardware", "logger", "paths", "force", "data_dir", "hydra"}
 
 
 def setting_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the seed: what the runs of one table cell share."""
-    return {k: v for k, v in config.items() if k != "seed"}
+    """The config without the seed: what the runs of one table cell share. A path naming the run's own seed
+    (a run dir segment `seed<N>`, e.g. model.source=<pretrain run>/seed2/model for a downstream fine-tune of
+    seed 2) names the same setting for every seed: the segment becomes `seed<seed>`."""
+    seed = config.get("seed")
+    segment = re.compile(rf"(?<![^/]){re.escape(f'seed{seed}')}(?![^/])") if seed is not None else None
+
+    def seedless(value):
+        if isinstance(value, dict):
+            return {k: seedless(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [seedless(v) for v in value]
+        if isinstance(value, str) and segment is not None and "/" in value:
+            return segment.sub("seed<seed>", value)
+        return value
+
+    return {k: seedless(v) for k, v in config.items() if k != "seed"}
 
 
 def setting_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
