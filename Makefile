@@ -50,7 +50,7 @@ test-gpu: setup  ## GPU tests (kernels on CUDA); needs a CUDA device
 	$(OFFLINE) $(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
 lint: setup  ## ruff
-	$(BIN)/ruff check runner kernels tests hydra_plugins
+	$(BIN)/ruff check runner plm_kernels tests hydra_plugins
 
 bench: setup  ## our training throughput vs a bare HF Trainer script on SST-2 (needs DATA_DIR, default ../shared/data)
 	$(OFFLINE) $(BIN)/python -m runner.bench trainer --data-dir $(or $(DATA_DIR),../shared/data)

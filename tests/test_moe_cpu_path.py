@@ -1,4 +1,4 @@
-"""The MoEFFN CPU path (kernels.torch_moe.moe_ffn_topk_torch, experts stored busiest first) gives the outputs
+"""The MoEFFN CPU path (plm_kernels.torch_moe.moe_ffn_topk_torch, experts stored busiest first) gives the outputs
 of the previous path and of the fp64 reference, on tiny and MiniLM-shaped models, with padded batches."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from kernels import moe_ffn_dense_oracle
+from plm_kernels import moe_ffn_dense_oracle
 from runner.models import arch
 from runner.moe import module, router, split
 from tests.conftest import run_cli

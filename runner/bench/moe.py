@@ -1,4 +1,4 @@
-"""Inference speed of MoEfied FFNs vs dense, CPU torch path (kernels.moe_ffn), side by side in one process.
+"""Inference speed of MoEfied FFNs vs dense, CPU torch path (plm_kernels.moe_ffn), side by side in one process.
 
     python -m runner.bench moe [--threads 2] [--repeats 7] [--out outputs/bench/moe] [--quick]
                                [--stat min] [--previous] [--breakdown] [--layer-shape 384,1536]
@@ -332,7 +332,7 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(a.threads)
     if a.clock == "cpu":
-        from kernels import torch_moe
+        from plm_kernels import torch_moe
 
         CLOCK[0] = time.process_time
         torch_moe.set_stage_clock(time.process_time)

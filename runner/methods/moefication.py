@@ -221,7 +221,7 @@ def measure_speed(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path) ->
     dense = load_model_dir(ctx, model_dir)
     moe, _, _ = moefied(ctx, load_model_dir(ctx, model_dir), experts_dir, routers_dir)
     # Store the experts busiest first (counted at 25% on a few training sentences): outputs are unchanged,
-    # and the CPU path computes the few experts most tokens use as dense blocks (kernels/torch_moe.py).
+    # and the CPU path computes the few experts most tokens use as dense blocks (plm_kernels/torch_moe.py).
     module.set_ratio(moe, 0.25)
     with torch.no_grad():
         module.order_experts_by_use(moe, itertools.islice(input_batches(ctx, ctx.data["train"], 8), 4))

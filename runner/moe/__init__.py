@@ -3,6 +3,6 @@
     collect.py  FFN inputs over training tokens (forward hooks through runner.models.arch)
     split.py    neurons -> E equal experts: random | param_cluster | coact
     router.py   which experts a token uses: gt (oracle) | similarity | mlp (trained)
-    module.py   the MoE FFN that computes only the selected experts (kernels.moe_ffn), and the conversion
+    module.py   the MoE FFN that computes only the selected experts (plm_kernels.moe_ffn), and the conversion
     stages.py   stage artefacts in the run directory, resumable and shared between runs
 """

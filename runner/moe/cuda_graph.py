@@ -4,7 +4,7 @@ A CUDA graph replays a fixed sequence of kernels on fixed buffers, so every shap
 (b, L) is padded up to a bucket (B, L'): B the smallest of `batch_buckets` >= b, L' the length rounded up to
 `length_step`. Each bucket is captured once (after warm-up calls, which also let the Triton kernels pick
 their configs) and replayed afterwards; the real rows are cut from the static output. The MoE forward is
-capturable because kernels.moe_ffn aligns on the device (kernels.triton_align) with buffers sized from
+capturable because plm_kernels.moe_ffn aligns on the device (plm_kernels.triton_align) with buffers sized from
 shapes only.
 
 Padding does not change the real rows: padded positions have attention mask 0 (keys never attended) and

@@ -1,4 +1,4 @@
-"""The MoE FFN (computes only the selected experts, through kernels.moe_ffn) and the dense -> MoE conversion.
+"""The MoE FFN (computes only the selected experts, through plm_kernels.moe_ffn) and the dense -> MoE conversion.
 
 Conversion of one FFN with a split `groups` (E, m):
     perm = groups.flatten(); W_in <- W_in[perm]; b_in <- b_in[perm]; W_out <- W_out[:, perm]
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from runner.errors import UserError
 from runner.moe.router import GroundTruthRouter, MLPRouter, active_experts
 
-# HF activation names (arch FFN.activation) -> kernels.moe_ffn activation names
+# HF activation names (arch FFN.activation) -> plm_kernels.moe_ffn activation names
 KERNEL_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_tanh",
                       "silu": "silu", "swish": "silu"}
 
@@ -44,7 +44,7 @@ class MoEFFN(nn.Module):
         self.router = router
         self.k = k
         self.timings: dict[str, float] | None = None  # a dict: seconds per stage are added to it (benchmarks)
-        # CPU: "topk" (kernels.torch_moe.moe_ffn_topk_torch) or "general" (moe_ffn_torch, the argsort + per-expert
+        # CPU: "topk" (plm_kernels.torch_moe.moe_ffn_topk_torch) or "general" (moe_ffn_torch, the argsort + per-expert
         # loop that ran before; kept so benchmarks can time both side by side). Same outputs up to fp32 rounding.
         self.cpu_path = "topk"
         # slot[e] = where the router's expert e is stored; the identity until reorder_experts (for the speed of
@@ -75,8 +75,8 @@ class MoEFFN(nn.Module):
         return self._w_in_t[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        import kernels
-        from kernels import torch_moe
+        import plm_kernels
+        from plm_kernels import torch_moe
 
         tokens = x.reshape(-1, x.shape[-1])
         timings = self.timings
@@ -92,7 +92,7 @@ class MoEFFN(nn.Module):
             timings["topk"] = timings.get("topk", 0.0) + torch_moe.stage_clock() - t1
         args = (tokens, self.w_in, self.b_in, self.w_out, self.b_out, expert_idx)
         if x.is_cuda:
-            y = kernels.moe_ffn(*args, activation=self.activation)
+            y = plm_kernels.moe_ffn(*args, activation=self.activation)
         elif self.cpu_path == "general":
             y = torch_moe.moe_ffn_torch(*args, None, self.activation, timings=timings)
         else:  # top-k experts are distinct and ungated; with gradients it falls back to moe_ffn_torch
@@ -161,7 +161,7 @@ def moefy(model, ffns, groups: dict[str, Tensor], routers: dict[str, nn.Module],
 def order_experts_by_use(model, batches) -> int:
     """Store every MoE FFN's experts busiest first, counting the router's choices on `batches` (dicts of model
     inputs, e.g. a few training batches) at each layer's current k. Outputs are unchanged; the CPU path pads
-    less (kernels/torch_moe.py). Layers with the oracle router are left as they are. Returns the layers
+    less (plm_kernels/torch_moe.py). Layers with the oracle router are left as they are. Returns the layers
     reordered."""
     moes = [m for m in model.modules() if isinstance(m, MoEFFN) and not isinstance(m.router, GroundTruthRouter)]
     use = {m: torch.zeros(m.num_experts, dtype=torch.long) for m in moes}

@@ -1,4 +1,4 @@
-"""`python -m kernels.bench` runs on CPU (tiny shapes here) and skips the Triton part without CUDA."""
+"""`python -m plm_kernels.bench` runs on CPU (tiny shapes here) and skips the Triton part without CUDA."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from kernels import bench
+from plm_kernels import bench
 
 
 def test_bench_rows_on_cpu(tmp_path):
@@ -43,7 +43,7 @@ def test_quick_defaults():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cli_exits_zero_without_cuda():
-    out = subprocess.run([sys.executable, "-m", "kernels.bench", "--shapes", "32x64", "--tokens", "8",
+    out = subprocess.run([sys.executable, "-m", "plm_kernels.bench", "--shapes", "32x64", "--tokens", "8",
                           "--expert-sizes", "32", "--active", "0.5", "--routing", "uniform", "--repeats", "1"],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
@@ -53,7 +53,7 @@ def test_cli_exits_zero_without_cuda():
 def test_baseline_loops_agree_with_the_torch_path():
     from kernels_testlib import make_moe_problem
 
-    from kernels.torch_moe import moe_ffn_torch
+    from plm_kernels.torch_moe import moe_ffn_torch
 
     p = make_moe_problem(30, 32, 6, 16, 3, bias=True)
     want = moe_ffn_torch(p["x"], p["w_in"], p["b_in"], p["w_out"], p["b_out"], p["expert_idx"])

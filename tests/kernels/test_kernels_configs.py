@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kernels import configs
+from plm_kernels import configs
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 from kernels_testlib import INTERPRETER, assert_close_to, make_moe_problem, moe_args
 
-from kernels import configs, moe_ffn_dense_oracle
+from plm_kernels import configs, moe_ffn_dense_oracle
 
 pytestmark = [
     pytest.mark.triton_interpreter,
@@ -27,7 +27,7 @@ def _name(item):
 @pytest.mark.parametrize("item", ALL_CONFIGS, ids=[_name(i) for i in ALL_CONFIGS])
 @pytest.mark.parametrize("reduce", ["buffer", "atomic"])
 def test_every_config_matches_reference(item, reduce):
-    from kernels.triton_moe import moe_ffn_triton
+    from plm_kernels.triton_moe import moe_ffn_triton
 
     _, cfg = item
     # m = 24 (ragged, < every tile) and m at the config's fused limit; d = 72 is ragged for every BLOCK_K

@@ -14,7 +14,7 @@ from kernels_testlib import (
     sparse_args,
 )
 
-from kernels import moe_ffn, moe_ffn_dense_oracle, sparse_ffn, sparse_ffn_reference
+from plm_kernels import moe_ffn, moe_ffn_dense_oracle, sparse_ffn, sparse_ffn_reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,8 +43,8 @@ def ieee_fp32(monkeypatch):
 @pytest.mark.parametrize("reduce", ["buffer", "atomic"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_moe_ffn_every_config(shape, reduce, dtype, tmp_path, monkeypatch):
-    from kernels import configs
-    from kernels.triton_moe import moe_ffn_triton
+    from plm_kernels import configs
+    from plm_kernels.triton_moe import moe_ffn_triton
 
     monkeypatch.setenv("PLM_KERNELS_CACHE_DIR", str(tmp_path))
     T, d, E, m, k, opts = shape

@@ -1,10 +1,10 @@
-"""kernels.gpu_acceptance: refuses without CUDA; its measurement row runs under the interpreter (fake clock)."""
+"""plm_kernels.gpu_acceptance: refuses without CUDA; its measurement row runs under the interpreter (fake clock)."""
 
 import pytest
 import torch
 from kernels_testlib import INTERPRETER
 
-from kernels import gpu_acceptance
+from plm_kernels import gpu_acceptance
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")

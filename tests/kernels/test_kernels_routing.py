@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import align, route_topk
+from plm_kernels import align, route_topk
 
 
 def test_route_topk_picks_highest_scores():

@@ -1,4 +1,4 @@
-"""kernels.torch_moe.moe_ffn_topk_torch (the CPU path of MoEFFN) against the fp64 references: both of its
+"""plm_kernels.torch_moe.moe_ffn_topk_torch (the CPU path of MoEFFN) against the fp64 references: both of its
 strategies for the experts not computed densely (segmented padded bmm, expert loop, grouped GEMM), k=1 and k=E,
 skewed routing, MiniLM shapes, fallbacks."""
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from kernels_testlib import assert_close_to, make_moe_problem, moe_args
 
-import kernels
-from kernels import moe_ffn_dense_oracle, moe_ffn_loop_reference
-from kernels.torch_moe import (
+import plm_kernels
+from plm_kernels import moe_ffn_dense_oracle, moe_ffn_loop_reference
+from plm_kernels.torch_moe import (
     dense_prefix,
     grouped_mm_usable,
     moe_ffn_topk_torch,
@@ -54,7 +54,7 @@ def test_topk_path_matches_reference(case, strategy, segment, dense_share):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=STRATEGY_IDS)
-@pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", plm_kernels.ACTIVATIONS)
 def test_topk_path_activations_and_float64(strategy, activation):
     for dtype in (torch.float32, torch.float64):  # grouped GEMMs take fp32 only: float64 goes another way
         p = make_moe_problem(21, 32, 6, 16, 2, dtype, weights=False)

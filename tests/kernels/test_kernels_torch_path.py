@@ -4,9 +4,15 @@ import pytest
 import torch
 from kernels_testlib import assert_close_to, make_moe_problem, make_sparse_problem, moe_args, sparse_args
 
-import kernels
-from kernels import moe_ffn, moe_ffn_dense_oracle, moe_ffn_loop_reference, sparse_ffn, sparse_ffn_reference
-from kernels.torch_moe import moe_ffn_torch
+import plm_kernels
+from plm_kernels import (
+    moe_ffn,
+    moe_ffn_dense_oracle,
+    moe_ffn_loop_reference,
+    sparse_ffn,
+    sparse_ffn_reference,
+)
+from plm_kernels.torch_moe import moe_ffn_torch
 
 # (name, T, d, E, m, k, options): duplicates, empty experts, T=1, k=E, ragged m and d, no bias
 CASES = [
@@ -22,7 +28,7 @@ CASE_IDS = [c[0] for c in CASES]
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("weights", [True, False], ids=["gated", "ungated"])
-@pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", plm_kernels.ACTIVATIONS)
 def test_references_agree(case, weights, activation):
     _, T, d, E, m, k, opts = case
     p = make_moe_problem(T, d, E, m, k, torch.float64, weights=weights, **opts)
@@ -50,7 +56,7 @@ def test_torch_path_matches_reference(case, weights, dtype):
     assert torch.equal(moe_ffn(*moe_args(p)), y)  # impl="auto" on CPU tensors is the torch path
 
 
-@pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", plm_kernels.ACTIVATIONS)
 def test_torch_path_activations(activation):
     p = make_moe_problem(21, 32, 4, 16, 2)
     y = moe_ffn(*moe_args(p), activation=activation)

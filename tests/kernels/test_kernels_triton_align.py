@@ -1,4 +1,4 @@
-"""The device align (kernels.triton_align) against kernels.routing.align, and the Triton MoE path using it.
+"""The device align (plm_kernels.triton_align) against plm_kernels.routing.align, and the Triton MoE path using it.
 
 Under TRITON_INTERPRET=1 on CPU (compiled on a GPU machine with `pytest -m gpu`).
 """
@@ -7,8 +7,8 @@ import pytest
 import torch
 from kernels_testlib import INTERPRETER, assert_close_to, make_moe_problem, moe_args
 
-from kernels import moe_ffn_dense_oracle
-from kernels.routing import align
+from plm_kernels import moe_ffn_dense_oracle
+from plm_kernels.routing import align
 
 pytestmark = pytest.mark.skipif(not INTERPRETER and not torch.cuda.is_available(),
                                 reason="needs TRITON_INTERPRET=1 or a CUDA device")
@@ -24,7 +24,7 @@ def _routing(T, E, k, seed, experts_used=None, duplicates=False):
 
 
 def _check_exact(idx, E, block_m, **launch):
-    from kernels.triton_align import align_device, padded_bound
+    from plm_kernels.triton_align import align_device, padded_bound
 
     T, k = idx.shape
     ids, block_expert, bound, total = align_device(idx.to(DEVICE), E, block_m, **launch)
@@ -62,7 +62,7 @@ def test_device_align_empty_experts_and_duplicates():
 
 
 def test_device_align_hand_computed_example():
-    from kernels.triton_align import align_device
+    from plm_kernels.triton_align import align_device
 
     ids, block_expert, bound, total = align_device(torch.tensor([[1, 0], [1, 2], [0, 1]], device=DEVICE), 3, 2)
     # bound = 6 pairs + 3 experts * (2 - 1) = 9, rounded up to 10; real padded length 8
@@ -72,7 +72,7 @@ def test_device_align_hand_computed_example():
 
 
 def test_device_align_drops_out_of_range_experts():
-    from kernels.triton_align import align_device
+    from plm_kernels.triton_align import align_device
 
     # no host sync, so no exception: pairs naming expert 4 (of 4) or -1 are left out
     ids, block_expert, bound, total = align_device(torch.tensor([[0, 4], [-1, 0]], device=DEVICE), 4, 2)
@@ -82,7 +82,7 @@ def test_device_align_drops_out_of_range_experts():
 
 
 def test_padded_bound_is_static_and_tight_for_few_pairs():
-    from kernels.triton_align import padded_bound
+    from plm_kernels.triton_align import padded_bound
 
     assert padded_bound(16384 * 32, 128, 64) == 16384 * 32 + 128 * 63 + 0  # already a multiple of 64
     assert padded_bound(2, 100, 16) == 32  # at most 2 experts can be non-empty
@@ -92,8 +92,8 @@ def test_padded_bound_is_static_and_tight_for_few_pairs():
 @pytest.mark.parametrize("reduce", ["buffer", "atomic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_moe_with_device_align_matches_reference(fused, reduce, dtype):
-    from kernels.configs import INTERPRETER_CONFIG
-    from kernels.triton_moe import moe_ffn_triton
+    from plm_kernels.configs import INTERPRETER_CONFIG
+    from plm_kernels.triton_moe import moe_ffn_triton
 
     if dtype == torch.float16 and not INTERPRETER:
         pytest.skip("covered by the compiled tests")
@@ -109,8 +109,8 @@ def test_moe_with_device_align_matches_reference(fused, reduce, dtype):
 
 
 def test_plan_uses_the_static_bound_with_device_align():
-    from kernels.triton_align import padded_bound
-    from kernels.triton_moe import Plan
+    from plm_kernels.triton_align import padded_bound
+    from plm_kernels.triton_moe import Plan
 
     idx = _routing(40, 10, 3, seed=4).to(DEVICE)
     plan = Plan(idx, 10, 16, device_align=True)

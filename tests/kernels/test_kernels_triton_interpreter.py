@@ -14,8 +14,8 @@ from kernels_testlib import (
     sparse_args,
 )
 
-import kernels
-from kernels import moe_ffn, moe_ffn_dense_oracle, sparse_ffn, sparse_ffn_reference
+import plm_kernels
+from plm_kernels import moe_ffn, moe_ffn_dense_oracle, sparse_ffn, sparse_ffn_reference
 
 pytestmark = [
     pytest.mark.triton_interpreter,
@@ -34,7 +34,7 @@ CASES = [
 
 
 def _config(fused):
-    from kernels.configs import INTERPRETER_CONFIG
+    from plm_kernels.configs import INTERPRETER_CONFIG
 
     return dict(INTERPRETER_CONFIG, FUSED=fused)
 
@@ -45,7 +45,7 @@ def _config(fused):
 @pytest.mark.parametrize("weights", [True, False], ids=["gated", "ungated"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_moe_kernels_match_reference(case, fused, reduce, weights, dtype):
-    from kernels.triton_moe import moe_ffn_triton
+    from plm_kernels.triton_moe import moe_ffn_triton
 
     _, T, d, E, m, k, opts = case
     p = make_moe_problem(T, d, E, m, k, dtype, weights=weights, **opts)
@@ -54,7 +54,7 @@ def test_moe_kernels_match_reference(case, fused, reduce, weights, dtype):
     assert_close_to(y, moe_ffn_dense_oracle(*moe_args(p)), dtype)
 
 
-@pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", plm_kernels.ACTIVATIONS)
 def test_moe_public_api_forces_triton(activation):
     p = make_moe_problem(21, 40, 4, 16, 2)
     y = moe_ffn(*moe_args(p), activation=activation, impl="triton")
@@ -83,8 +83,8 @@ def test_bf16_is_refused_under_the_interpreter():
 
 
 def test_exactly_one_config_under_the_interpreter():
-    from kernels import configs
-    from kernels.triton_common import interpreter_active
+    from plm_kernels import configs
+    from plm_kernels.triton_common import interpreter_active
 
     assert interpreter_active()
     assert len(configs.candidate_configs(32, 100.0, True)) == 1
@@ -99,9 +99,9 @@ def test_sparse_gemv_matches_reference(T, dtype, bias):
     assert_close_to(y, sparse_ffn_reference(*sparse_args(p)), dtype)
 
 
-@pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", plm_kernels.ACTIVATIONS)
 def test_sparse_gemv_split_active_list(activation):
-    from kernels.triton_sparse import sparse_ffn_triton
+    from plm_kernels.triton_sparse import sparse_ffn_triton
 
     p = make_sparse_problem(3, 40, 300, 150, torch.float32)
     y = sparse_ffn_triton(*sparse_args(p), activation, splits=3)  # 3 programs share the 150 neurons
@@ -117,7 +117,7 @@ def test_sparse_gemv_rejects_large_batches():
 @pytest.mark.parametrize("reduce", ["buffer", "atomic"])
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 def test_inputs_are_not_modified(reduce, fused):
-    from kernels.triton_moe import moe_ffn_triton
+    from plm_kernels.triton_moe import moe_ffn_triton
 
     p = make_moe_problem(1, 32, 3, 16, 2)  # T=1: a (1, d) view of b_out is contiguous
     before = {k: v.clone() for k, v in p.items()}
@@ -139,7 +139,7 @@ def test_forced_triton_refuses_autograd_and_auto_falls_back():
 @pytest.mark.parametrize("reduce", ["buffer", "atomic"])
 def test_bench_stage_launchers(fused, reduce):
     # the benchmark's per-stage Triton timing (CUDA-only in the CLI) driven here with a CPU clock
-    from kernels import bench
+    from plm_kernels import bench
 
     p = make_moe_problem(20, 32, 4, 16, 2, weights=False)
     calls = []

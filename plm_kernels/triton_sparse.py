@@ -68,7 +68,7 @@ def _gather_transposed_gemv_kernel(h_ptr, w_ptr, idx_ptr, part_ptr, T, d, n_acti
 
 
 def sparse_ffn_triton(x, w_in, b_in, w_out_t, b_out, neuron_idx, activation="gelu", splits=None):
-    """Inputs already validated and contiguous (see kernels.api.sparse_ffn).
+    """Inputs already validated and contiguous (see plm_kernels.api.sparse_ffn).
 
     splits: how many programs share the active list in the second GEMV (None: by size).
     """

@@ -30,7 +30,7 @@ GPU_CONFIGS = (
 # Hopper (compute capability >= 9.0) candidates, added to the list above on such devices only: larger
 # tiles, 3-5 stages, 8 warps; for small experts (m <= 128) the fused kernel with tall (128-row) blocks, so
 # each block reads its experts' weights once for 128 pairs and H never leaves the chip, and wide BLOCK_N
-# sweeps of d. CANDIDATES, NOT TUNED: none was timed on an H100/H200 yet (kernels/device_check.sh does).
+# sweeps of d. CANDIDATES, NOT TUNED: none was timed on an H100/H200 yet (plm_kernels/device_check.sh does).
 HOPPER_CONFIGS = (
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4, FUSED=False),
     dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, FUSED=False),

@@ -1,6 +1,6 @@
 """align() on the device in two Triton kernels: no host sync, no size-dependent allocation.
 
-Same result as kernels.routing.align (pairs sorted by expert, ascending pair id within an expert, each
+Same result as plm_kernels.routing.align (pairs sorted by expert, ascending pair id within an expert, each
 expert's list padded with the sentinel T*k to a multiple of BLOCK_M), laid out in a buffer of static
 length: the padded length never exceeds P + min(E, P) * (BLOCK_M - 1) for P = T*k pairs (each non-empty
 expert wastes at most BLOCK_M - 1 slots), so the buffers are sized by that bound, computed from shapes
@@ -15,7 +15,7 @@ return at once on them. So the whole MoE forward can be captured in a CUDA graph
            writes its share of block -> expert, and program 0 the real padded length (a device scalar).
 
 Expert ids outside [0, E) cannot raise without a host sync: such pairs are dropped (they contribute
-nothing). The torch align raises on them; kernels.api validates nothing on this path.
+nothing). The torch align raises on them; plm_kernels.api validates nothing on this path.
 """
 
 import torch
@@ -127,7 +127,7 @@ def align_device(expert_idx: torch.Tensor, num_experts: int, block_m: int, *, ma
     Returns (sorted_pair_ids int32 (bound,), block_expert int32 (bound // block_m,), bound, num_padded),
     bound = padded_bound(T*k, E, block_m) (a Python int from shapes), num_padded the real padded length as
     a 1-element int32 device tensor. sorted_pair_ids[:num_padded] and block_expert[:num_padded // block_m]
-    equal kernels.routing.align's outputs; the rest is the sentinel T*k and -1.
+    equal plm_kernels.routing.align's outputs; the rest is the sentinel T*k and -1.
     max_chunks / tile override the launch shape (tests use them to cover many chunks and tiles).
     """
     if block_m < 1:

@@ -38,7 +38,7 @@ def next_pow2(n: int) -> int:
 
 @triton.jit
 def apply_act(h, ACT: tl.constexpr):
-    """Activation on an fp32 tile; codes from kernels.activations.ACTIVATION_CODES."""
+    """Activation on an fp32 tile; codes from plm_kernels.activations.ACTIVATION_CODES."""
     if ACT == 1:  # exact GELU
         h = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
     elif ACT == 2:  # tanh GELU, using 0.5 * (1 + tanh(u)) == sigmoid(2u)

@@ -1,4 +1,4 @@
-"""Benchmark the MoE FFN against the dense FFN: `python -m kernels.bench --help`.
+"""Benchmark the MoE FFN against the dense FFN: `python -m plm_kernels.bench --help`.
 
 CPU: the torch path vs dense torch, side by side in one process. CUDA: additionally the
 Triton path (both reductions) vs cuBLAS dense and vs the torch path. Times are the minimum
@@ -29,7 +29,7 @@ def _csv(cast):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m plm_kernels.bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--shapes", type=_csv(str), help=f"names ({', '.join(SHAPES)}) or DxDFF, e.g. 768x3072")
     p.add_argument("--expert-sizes", type=_csv(int), help="neurons per expert m; E = d_ff / m (default 32,64,128,192,384)")
@@ -203,7 +203,7 @@ def run(args, emit=print):
          "speedup = dense ms / moe ms")
     if device == "cpu" and load and os.getloadavg()[0] > (os.cpu_count() or 1) and "OMP_WAIT_POLICY" not in os.environ:
         # measured: spinning OpenMP threads on a loaded machine slow the per-expert loop 3x or more
-        emit("# note: the machine is loaded; run with OMP_WAIT_POLICY=PASSIVE (see kernels/README.md)")
+        emit("# note: the machine is loaded; run with OMP_WAIT_POLICY=PASSIVE (see plm_kernels/README.md)")
     emit("| shape | E x m | k (active) | T | dtype | routing | impl | dense ms | moe ms | speedup | vs torch path "
          "| route ms | stages ms |")
     emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

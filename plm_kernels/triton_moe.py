@@ -7,7 +7,7 @@ BLOCK_M, so every BLOCK_M-row block belongs to one expert. Then
                                -> fp32 atomics into (T, d)              reduce="atomic"
 or, for m <= 64, one fused kernel that keeps the H tile in registers. x is never copied.
 
-On CUDA the align stage runs on the device (kernels.triton_align: two kernels, no host sync, buffers of a
+On CUDA the align stage runs on the device (plm_kernels.triton_align: two kernels, no host sync, buffers of a
 static length), so the forward can be captured in a CUDA graph; blocks past the real padded length carry
 block_expert = -1 and the GEMM kernels return at once on them. The torch align stays the reference (and
 the default under the interpreter; Plan(..., device_align=True) runs the device one there too).
@@ -278,7 +278,7 @@ def choose_config(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight, act_co
 
 def moe_ffn_triton(x, w_in, b_in, w_out, b_out, expert_idx, expert_weight=None, activation="gelu",
                    reduce="buffer", config=None, device_align=None):
-    """Triton MoE FFN; inputs already validated and contiguous (see kernels.api.moe_ffn).
+    """Triton MoE FFN; inputs already validated and contiguous (see plm_kernels.api.moe_ffn).
 
     device_align: see Plan (None: the device align on CUDA, the torch one under the interpreter).
     """

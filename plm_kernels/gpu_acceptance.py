@@ -1,12 +1,12 @@
-"""The GPU acceptance figures of the MoE FFN, in one process: `python -m kernels.gpu_acceptance --help`.
+"""The GPU acceptance figures of the MoE FFN, in one process: `python -m plm_kernels.gpu_acceptance --help`.
 
 bf16, TF32 allowed, uniform routing, a share --active of the experts per token. For each FFN shape, token
 count T and expert size m, side by side (triton.testing.do_bench medians, ms):
   dense    the dense FFN (cuBLAS Linear-GELU-Linear)
   limit    the dense FFN at the active width (the same FLOPs as the MoE: what a perfect MoE reaches)
-  moe      kernels.moe_ffn (Triton, device align, the tuned config; both reductions, the faster kept)
+  moe      plm_kernels.moe_ffn (Triton, device align, the tuned config; both reductions, the faster kept)
   graph    the same call replayed from a CUDA graph (launch overhead removed)
-  align    the device align alone, and the torch align (kernels.routing.align) for comparison, in µs
+  align    the device align alone, and the torch align (plm_kernels.routing.align) for comparison, in µs
 and checks the acceptance targets (issue 17): MoE >= 1.8x dense for m >= 128 and >= 1.0x for m = 32 at
 T >= 16k, align <= 50 µs at T = 16k. The tuning (every candidate config, Hopper ones on capability >= 9.0)
 happens on the first call per problem and is cached in $PLM_KERNELS_CACHE_DIR (device_check.sh points it
@@ -27,7 +27,7 @@ TARGETS = {"speedup_m32": 1.0, "speedup_m128_plus": 1.8, "align_us_16k": 50.0}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m kernels.gpu_acceptance", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m plm_kernels.gpu_acceptance", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="bert-large", help=f"names ({', '.join(SHAPES)}) or DxDFF")
     p.add_argument("--tokens", default="16384,65536", help="T values")
     p.add_argument("--expert-sizes", default="32,128,256", help="neurons per expert")
@@ -59,10 +59,10 @@ def graph_of(fn):
 def measure_row(d, d_ff, T, m, active, reduces, bench, *, device="cuda", dtype=torch.bfloat16, graphs=True,
                 seed=0):
     """One problem's figures (ms; align in µs); bench(fn) -> ms."""
-    import kernels
-    from kernels.routing import align
-    from kernels.torch_moe import moe_ffn_torch
-    from kernels.triton_align import align_device
+    import plm_kernels
+    from plm_kernels.routing import align
+    from plm_kernels.torch_moe import moe_ffn_torch
+    from plm_kernels.triton_align import align_device
 
     g = torch.Generator().manual_seed(seed)
     E = d_ff // m
@@ -84,7 +84,7 @@ def measure_row(d, d_ff, T, m, active, reduces, bench, *, device="cuda", dtype=t
     best = None
     for reduce in reduces:
         def call(reduce=reduce):
-            return kernels.moe_ffn(x, w_in, b_in, w_out, b2, idx, reduce=reduce, impl="triton")
+            return plm_kernels.moe_ffn(x, w_in, b_in, w_out, b2, idx, reduce=reduce, impl="triton")
 
         y = call().float()  # tunes on a cache miss
         err = ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
@@ -97,7 +97,7 @@ def measure_row(d, d_ff, T, m, active, reduces, bench, *, device="cuda", dtype=t
     row["reduce"] = best
     row["moe_ms"] = row[f"moe_{best}_ms"]
     row["graph_ms"] = row.get(f"graph_{best}_ms")
-    from kernels import triton_moe as tm
+    from plm_kernels import triton_moe as tm
 
     if device == "cuda":
         row["config"] = tm.choose_config(x, w_in, b_in, w_out, b2, idx, None, 1, best)
@@ -141,7 +141,7 @@ HEADER = ("| d x d_ff | E x m | T | dense ms | limit ms | moe ms | graph ms | mo
 def main(argv=None) -> int:
     a = parse_args(argv)
     if not torch.cuda.is_available():
-        print("error: kernels.gpu_acceptance needs a CUDA device and none is visible", file=sys.stderr)
+        print("error: plm_kernels.gpu_acceptance needs a CUDA device and none is visible", file=sys.stderr)
         return 2
     from triton.testing import do_bench
 

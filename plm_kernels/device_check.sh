@@ -2,7 +2,7 @@
 # One self-contained GPU check of the MoE kernels (issue 17's acceptance figures), about 8 minutes at most
 # on an H100/H200. Each step has its own time limit and the next one runs whatever happened before.
 #
-#   1. python -m kernels.gpu_acceptance: BERT-large 1024x4096, bf16, 25% of experts, uniform routing,
+#   1. python -m plm_kernels.gpu_acceptance: BERT-large 1024x4096, bf16, 25% of experts, uniform routing,
 #      T = 16k and 64k, m = 32/128/256: MoE FFN vs cuBLAS dense (eager and CUDA graph), align µs at
 #      T = 16k (device vs torch), PASS/FAIL against the targets; the tuned configs are written to
 #      $OUT/tuned/<device>.json                                                      (<= 180 s)
@@ -13,11 +13,11 @@
 #   4. python -m runner.bench moe-gpu: whole MiniLM and BERT-large, 32x128 and 256x128, 25% of experts,
 #      dense vs MoE, eager and CUDA graphs                                           (<= 90 s)
 #
-# On this (CPU) machine, once, before the device run:   bash kernels/device_check.sh prepare
+# On this (CPU) machine, once, before the device run:   bash plm_kernels/device_check.sh prepare
 #   copies the shared scripts and scattermoe's source (from the fetched mirror of github shawntan/scattermoe)
 #   into .device/, an untracked folder that travels with the working tree (delete it afterwards; never
 #   commit it). Without it step 3 is skipped.
-# On the device machine, from the repository root:      bash kernels/device_check.sh
+# On the device machine, from the repository root:      bash plm_kernels/device_check.sh
 #   results under $OUT (or outputs/device_check): 1_acceptance.log gpu_acceptance.json 2_tests.log
 #   3_scattermoe.log side_by_side.json 4_model.log moe_gpu.json tuned/*.json (8 files: the device tool's limit).
 set -u
@@ -26,7 +26,11 @@ if [ "${1:-}" = "prepare" ]; then
     mkdir -p .device/tools
     for tools in "${SHARED_TOOLS:-}" ../shared/tools /work/shared/tools; do
         if [ -n "$tools" ] && [ -f "$tools/gpu_moe_side_by_side.py" ]; then
-            cp "$tools/gpu_moe_side_by_side.py" "$tools/gpu_moe_align_probe.py" .device/tools/ && echo "tools from $tools"
+            # the shared scripts predate the package's rename to plm_kernels: import it under their name
+            for f in gpu_moe_side_by_side.py gpu_moe_align_probe.py; do
+                sed -e 's/^import kernels$/import plm_kernels as kernels/' -e 's/^from kernels import/from plm_kernels import/' \
+                    "$tools/$f" > ".device/tools/$f"
+            done && echo "tools from $tools"
             break
         fi
     done
@@ -50,7 +54,7 @@ PY=${PYTHON:-python3}
 { nvidia-smi -L 2>&1 | head -2
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
 } >"$OUT/1_acceptance.log" 2>&1
-timeout 180 $PY -m kernels.gpu_acceptance --shapes bert-large --tokens 16384,65536 --expert-sizes 32,128,256 \
+timeout 180 $PY -m plm_kernels.gpu_acceptance --shapes bert-large --tokens 16384,65536 --expert-sizes 32,128,256 \
     >>"$OUT/1_acceptance.log" 2>&1
 echo "acceptance exit $?"; cat "$OUT/1_acceptance.log"
 
@@ -71,7 +75,7 @@ if [ -f .device/tools/gpu_moe_side_by_side.py ] && [ -d .device/scattermoe ]; th
         timeout 60 $PY .device/tools/gpu_moe_side_by_side.py) >"$OUT/3_scattermoe.log" 2>&1
     echo "scattermoe exit $?"; cat "$OUT/3_scattermoe.log"
 else
-    echo "step 3 skipped: run 'bash kernels/device_check.sh prepare' on the CPU machine first" | tee "$OUT/3_scattermoe.log"
+    echo "step 3 skipped: run 'bash plm_kernels/device_check.sh prepare' on the CPU machine first" | tee "$OUT/3_scattermoe.log"
 fi
 
 timeout 90 $PY -m runner.bench moe-gpu --models minilm,bert-large --shapes 32x128,256x128 --sizes 32,128 \

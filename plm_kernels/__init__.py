@@ -2,13 +2,10 @@
 
 Importing this package has no side effects: no torch or triton import, no environment
 changes. Names are resolved on first access (PEP 562), and only the Triton path imports
-triton. transformers probes an unrelated PyPI package also called `kernels`; it finds this
-one under the distribution plm-runner, version 0.1.0, outside the range it accepts, so it
-never tries to use it (see tests/kernels/test_transformers_coexist.py).
+triton. The package is not called `kernels`: that import name belongs to HF's kernel-hub package,
+a hard dependency of transformers >= 5.25 (see tests/kernels/test_hub_kernels_coexist.py).
 """
 
-# Same as the plm-runner distribution version. transformers reads it when it cannot find
-# distribution metadata; it must stay outside HF kernels' accepted range (0.18.x).
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -30,7 +27,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+        raise AttributeError(f"module 'plm_kernels' has no attribute {name!r}")
     import importlib
 
     value = getattr(importlib.import_module(f".{module}", __name__), name)
