@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELS_DIR ?= /opt/wheels
-EXTRAS ?= offline,slurm,search,dev
+EXTRAS ?= offline,slurm,search,quant,dev
 RECIPE ?= finetune
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 WANDB_MODE=offline
 PYTEST_ARGS ?=

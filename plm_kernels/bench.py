@@ -2,14 +2,14 @@
 
 CPU: the torch path vs dense torch, side by side in one process. CUDA: additionally the
 Triton path (both reductions) vs cuBLAS dense and vs the torch path. Times are the minimum
-over --repeats runs on CPU and triton.testing.do_bench medians on CUDA; speedup = dense / moe.
+over --repeats interleaved runs on CPU (runner.speed's timer) and triton.testing.do_bench
+medians on CUDA; speedup = dense / moe.
 """
 
 import argparse
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -93,21 +93,21 @@ def load_routing_file(path, T):
 
 
 def measure(fns, device, repeats):
-    """Milliseconds per callable. On CPU the callables run interleaved, `repeats` rounds, and the
-    minimum is kept: load from other processes then hits dense and MoE alike."""
+    """Milliseconds per callable. On CPU the callables run interleaved (runner.speed.interleaved, one call
+    per sample), `repeats` rounds after a warm-up, and the minimum is kept: load from other processes then
+    hits dense and MoE alike."""
     if device == "cuda":
         from triton.testing import do_bench
 
         return {name: do_bench(fn) for name, fn in fns.items()}
-    best = dict.fromkeys(fns, math.inf)
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: t * 1e3 for name, t in best.items()}
+    from runner.speed import interleaved
+
+    seconds = interleaved({name: (_nothing, fn) for name, fn in fns.items()}, max(1, repeats), min_seconds=0)
+    return {name: t * 1e3 for name, t in seconds.items()}
+
+
+def _nothing():
+    pass
 
 
 def dense_ffn(x, w1, b1, w2, b2):

@@ -14,9 +14,10 @@
 #      dense vs MoE, eager and CUDA graphs                                           (<= 90 s)
 #
 # On this (CPU) machine, once, before the device run:   bash plm_kernels/device_check.sh prepare
-#   copies the shared scripts and scattermoe's source (from the fetched mirror of github shawntan/scattermoe)
-#   into .device/, an untracked folder that travels with the working tree (delete it afterwards; never
-#   commit it). Without it step 3 is skipped.
+#   copies the shared scripts (../shared/tools, or $SHARED_TOOLS) and scattermoe's source (from the fetched
+#   mirror of github shawntan/scattermoe, ../.mirror/shawntan+scattermoe/repo, or $SCATTERMOE_MIRROR) into
+#   .device/, an untracked folder that travels with the working tree (delete it afterwards; never commit it).
+#   Run it from the repository root. Without it step 3 is skipped.
 # On the device machine, from the repository root:      bash plm_kernels/device_check.sh
 #   results under $OUT (or outputs/device_check): 1_acceptance.log gpu_acceptance.json 2_tests.log
 #   3_scattermoe.log side_by_side.json 4_model.log moe_gpu.json tuned/*.json (8 files: the device tool's limit).
@@ -24,22 +25,19 @@ set -u
 
 if [ "${1:-}" = "prepare" ]; then
     mkdir -p .device/tools
-    for tools in "${SHARED_TOOLS:-}" ../shared/tools /work/shared/tools; do
-        if [ -n "$tools" ] && [ -f "$tools/gpu_moe_side_by_side.py" ]; then
-            # the shared scripts predate the package's rename to plm_kernels: import it under their name
-            for f in gpu_moe_side_by_side.py gpu_moe_align_probe.py; do
-                sed -e 's/^import kernels$/import plm_kernels as kernels/' -e 's/^from kernels import/from plm_kernels import/' \
-                    "$tools/$f" > ".device/tools/$f"
-            done && echo "tools from $tools"
-            break
-        fi
-    done
-    [ -f .device/tools/gpu_moe_side_by_side.py ] || echo "no shared tools found (set SHARED_TOOLS): step 3 will be skipped"
-    mirror=/work/.mirror/shawntan+scattermoe/repo
+    # paths relative to the repository root: the shared folder and the fetched mirrors sit beside the checkout
+    tools=${SHARED_TOOLS:-../shared/tools}
+    if [ -f "$tools/gpu_moe_side_by_side.py" ]; then
+        # the shared scripts import plm_kernels themselves: copied as they are
+        cp "$tools/gpu_moe_side_by_side.py" "$tools/gpu_moe_align_probe.py" .device/tools/ && echo "tools from $tools"
+    else
+        echo "no shared tools at $tools (set SHARED_TOOLS): step 3 will be skipped"
+    fi
+    mirror=${SCATTERMOE_MIRROR:-../.mirror/shawntan+scattermoe/repo}
     if [ -d "$mirror" ]; then
         git --git-dir="$mirror" archive HEAD scattermoe | tar -x -C .device && echo "scattermoe -> .device/scattermoe"
     else
-        echo "no scattermoe mirror at $mirror (fetch github:shawntan/scattermoe first): step 3 will be skipped"
+        echo "no scattermoe mirror at $mirror (fetch github:shawntan/scattermoe first, or set SCATTERMOE_MIRROR): step 3 will be skipped"
     fi
     exit 0
 fi

@@ -28,6 +28,8 @@ def finished_run(path: str, *, key: str, task: str | None = None) -> Path:
     try:
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, json.JSONDecodeError):
+        results = finished_stage(run_dir)
+    if results is None:
         raise UserError(f"{key}={path}: no readable results.json there; point it at a finished run directory "
                         "(e.g. outputs/finetune/<task>/<model>/default/seed42)") from None
     if results.get("status") != "completed":
@@ -39,6 +41,19 @@ def finished_run(path: str, *, key: str, task: str | None = None) -> Path:
     if not (run_dir / "model" / "config.json").exists():
         raise UserError(f"{key}={path}: no saved model in it; re-run it with method.save_model=true")
     return run_dir / "model"
+
+
+def finished_stage(path: Path) -> dict | None:
+    """A finished fine-tune stage (runner.stages: done.json, the task in its key) read as a completed run,
+    so a stage's model can be another method's base or teacher (compress passes its dense stage)."""
+    try:
+        done = json.loads((path / "done.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    task = done.get("key", {}).get("task")
+    if not isinstance(task, dict):
+        return None
+    return {"status": "completed", "config": {"task": task}}
 
 
 def run_model_config(model_dir: Path):
@@ -75,12 +90,28 @@ def save_model(ctx, model, path: Path, name: str = "model") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         ctx.tokenizer.save_pretrained(tmp)
+        write_plan(model, tmp)
         if final.is_symlink():
             final.unlink()
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     hardware.wait_for_all()
     return final
+
+
+def write_plan(model, model_dir: Path) -> None:
+    """A structurally pruned model (heads or FFN neurons removed, also one cut to fewer layers or trained
+    further) gets its pruning plan beside the weights: its config.json cannot describe its shapes, and
+    runner.models loads such a directory through the plan."""
+    from runner.models import arch
+
+    try:
+        plan = arch.pruning_plan(model)
+    except arch.UnsupportedModelError:  # a wrapper arch does not map (a peft model): nothing was removed
+        return
+    if plan["heads"] or plan["ffn"]:
+        plan["sizes"] = arch.layer_sizes(model)
+        (Path(model_dir) / arch.PLAN_FILE).write_text(json.dumps(plan, indent=1))
 
 
 def fine_tune_key(ctx, model_cfg=None, base_run: str | None = None, train=None) -> dict:
@@ -94,13 +125,19 @@ def fine_tune_key(ctx, model_cfg=None, base_run: str | None = None, train=None) 
 
 
 def fine_tuned(ctx, stages: Stages, name: str, *, model_cfg=None, base_run: str | None = None, train=None,
-               check: Callable | None = None, base_key: str = "method.base_run") -> Stage:
+               check: Callable | None = None, base_key: str = "method.base_run", train_dataset=None,
+               data_key: dict | None = None) -> Stage:
     """The stage `name` holding `model_cfg` (default the run's model) fine-tuned on the task with `train`
     (default the run's train config), at <stage>/model; or a link to `base_run`'s model. Shared through
     the stage cache, so every run that needs the same fine-tuned model computes it once. `check(model)`
-    runs before any training (a method's one-line refusals)."""
+    runs before any training (a method's one-line refusals). `train_dataset`: train on these rows instead of
+    the task's training split (e.g. a seeded subset), named in the stage key by `data_key` (required with it,
+    e.g. {"rows": 1000, "seed": 1}), so a model trained on other rows is never shared as this one."""
     from runner.evaluation import evaluate
     from runner.train import fit
+
+    if (train_dataset is None) != (data_key is None):
+        raise ValueError("fine_tuned: train_dataset and data_key go together (the key names the rows trained on)")
 
     def build(path: Path) -> dict:
         if base_run:
@@ -116,12 +153,16 @@ def fine_tuned(ctx, stages: Stages, name: str, *, model_cfg=None, base_run: str 
         model = ctx.new_model(model_cfg=model_cfg)
         if check is not None:
             check(model)
-        result = fit(ctx, model, output=f"{path.name}/checkpoints", train=train)
+        result = fit(ctx, model, train_dataset, output=f"{path.name}/checkpoints", train=train)
         save_model(ctx, model, path)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        return {"metrics": evaluate(ctx, model), "train": result["train"]}
+        rows = len(train_dataset if train_dataset is not None else ctx.data["train"])
+        return {"metrics": evaluate(ctx, model), "train": result["train"], "train_rows": rows}
 
-    return stages.run(name, fine_tune_key(ctx, model_cfg, base_run, train), build, share=True)
+    key = fine_tune_key(ctx, model_cfg, base_run, train)
+    if data_key is not None and not base_run:  # the task's whole training split keeps the key it always had
+        key["train_rows"] = data_key
+    return stages.run(name, key, build, share=True)
 
 
 def input_batches(ctx, dataset, batch_size: int | None = None):
@@ -133,3 +174,19 @@ def input_batches(ctx, dataset, batch_size: int | None = None):
 
     return DataLoader(model_inputs(dataset, labels=False), batch_size=batch_size or ctx.train.eval_batch_size,
                       shuffle=False, collate_fn=collator(ctx.tokenizer, mlm=False))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".data")
+
+
+def size_mb(path: Path, files: list[str] | None = None) -> float:
+    """Megabytes (10^6 bytes) on disk of a model: the weight files of a model directory (or the named
+    `files` in it), or one file. Tokenizer and config files are not counted; links are followed."""
+    path = Path(path)
+    if path.is_file():
+        chosen = [path]
+    elif files is not None:
+        chosen = [path / f for f in files]
+    else:
+        chosen = [p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    return round(sum(p.stat().st_size for p in chosen) / 1e6, 3)

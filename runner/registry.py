@@ -11,6 +11,7 @@ import importlib
 from runner.errors import UserError
 
 METHODS: dict[str, str] = {
+    "compress": "runner.methods.compress:run",
     "finetune": "runner.methods.finetune:run",
     "distill": "runner.methods.distill:run",
     "ki": "runner.methods.ki:run",
@@ -19,6 +20,7 @@ METHODS: dict[str, str] = {
     "pretrain": "runner.methods.pretrain:run",
     "prompt": "runner.methods.prompt:run",
     "prune": "runner.methods.prune:run",
+    "quantize": "runner.methods.quantize:run",
 }
 
 

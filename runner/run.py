@@ -162,9 +162,17 @@ def _fail(rd: RunDir | None, error: UserError, multirun: bool) -> None:
     return None
 
 
-NEXT = """next:
-  python -m runner task=glue/sst2 data_dir=../shared/data          # fine-tune on a GLUE task
-  python -m runner method=moefication task=glue/sst2 data_dir=../shared/data   # MoEfy the fine-tuned model
+# What `make demo` suggests next. All of SST-2 (67k sentences, 2 epochs) takes hours on a CPU, so without a GPU
+# the commands take the recipes' subset; the times are those of the README's "First steps" (2-core machine).
+NEXT = """next (on this CPU: 8,000 of SST-2's 67k sentences, the recipes' subset; all 67k take hours here):
+  # fine-tune MiniLM on SST-2: ~10 min
+  python -m runner task=glue/sst2 data_dir=../shared/data task.max_train_samples=8000
+  # fine-tune, then MoEfy (experts, routers, accuracy and speed at 6 shares of experts): ~15 min
+  python -m runner method=moefication task=glue/sst2 data_dir=../shared/data task.max_train_samples=8000
+  python -m runner --help    # every group and option; README.md for more"""
+NEXT_GPU = """next:
+  python -m runner task=glue/sst2 data_dir=../shared/data hardware=gpu                      # fine-tune on a GLUE task
+  python -m runner method=moefication task=glue/sst2 data_dir=../shared/data hardware=gpu   # fine-tune + MoEfy
   python -m runner --help                                          # every group and option; README.md for more"""
 
 
@@ -175,7 +183,9 @@ def _report(run_dir: Path, metrics: dict, first_run: bool = False) -> None:
     print(f"results: {run_dir / 'results.json'}")
     print(f"final metrics: {shown}")
     if first_run:  # the embedded default method, task and model (`make demo`): say what to try next
-        print(NEXT)
+        import torch  # loaded by the run already
+
+        print(NEXT_GPU if torch.cuda.is_available() else NEXT)
 
 
 def _main_metric(cfg: DictConfig, metrics: dict) -> float | None:

@@ -125,6 +125,7 @@ def test_teacher_unchanged_by_training_and_absent_from_checkpoints(tmp_path, sha
      "error: TinyBERT's attention loss compares heads one to one: the teacher has 4 heads, the student 2; "
      "give the student 4 (method.student_config)"),
     (["method.two_stage=true"], "error: method.two_stage is TinyBERT's schedule; set method.loss=tinybert or two_stage=false"),
+    (["method.teacher_data=labels"], "error: method.teacher_data: 'labels' is not one of subset, all"),
     (["teacher=tiny-bert", "teacher.architecture.vocab_size=1000", "method.student_init=model"],
      "error: the teacher's vocabulary (1000 tokens) differs from the student's (30522); "
      "distil from a teacher with the same tokenizer"),
@@ -180,6 +181,61 @@ def test_transfer_all_trains_on_every_row_with_gold_labels_on_the_subset_only(tm
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: method.transfer=all")
 
 
+def test_teacher_data_subset_is_the_students_labelled_rows_and_all_the_whole_set():
+    from types import SimpleNamespace
+
+    import datasets
+
+    from runner.methods.distill import Config, student_data, teacher_data_info, teacher_subset
+
+    train = datasets.Dataset.from_dict({"input_ids": [[i + 5] for i in range(50)], "labels": [i % 2 for i in range(50)]})
+    ctx = SimpleNamespace(seed=3, data={"train": train}, task=SimpleNamespace(is_regression=False),
+                          method=Config(student_train_samples=10))
+    assert teacher_subset(ctx)["input_ids"] == student_data(ctx)["input_ids"]  # the same seeded 10 rows
+    assert teacher_data_info(ctx) == {"train_samples": 10, "data": "subset"}
+    ctx.method = Config(student_train_samples=10, transfer="all")
+    assert len(teacher_subset(ctx)) == 10 and len(student_data(ctx)) == 50
+    ctx.method = Config(student_train_samples=10, teacher_data="all")
+    assert teacher_subset(ctx) is None and teacher_data_info(ctx) == {"train_samples": 50, "data": "all"}
+    ctx.method = Config(student_train_samples=None)  # no low-data setting: the teacher learns from everything
+    assert teacher_subset(ctx) is None and teacher_data_info(ctx)["train_samples"] == 50
+    ctx.method = Config(student_train_samples=60)  # a "subset" as large as the set is the set
+    assert teacher_subset(ctx) is None
+    ctx.method = Config(student_train_samples=10, teacher_run="/some/run")  # a given teacher: its data is unknown
+    assert teacher_data_info(ctx)["train_samples"] is None
+
+
+def test_teacher_learns_from_the_labelled_subset_unless_teacher_data_all(tmp_path, shared_data):
+    """End to end: the teacher stage trains on the student's 32 labelled rows (2 steps of 16), results.json
+    says so, and teacher_data=all gives another teacher stage (another key) trained on all 256 rows."""
+    common = [*ARGS, "method.student_train_samples=32", "method.transfer=all", f"data_dir={shared_data}",
+              f"paths.output_root={tmp_path}"]
+    for data in ("subset", "all"):
+        out = run_cli(*common, f"method.teacher_data={data}")
+        assert out.returncode == 0, out.stderr[-3000:]
+    runs = {}
+    for path in safe_rglob(tmp_path, "results.json"):
+        r = json.loads(path.read_text())
+        runs[r["config"]["method"]["teacher_data"]] = (path.parent, r)
+    assert set(runs) == {"subset", "all"}
+    stages = {}
+    for data, (run_dir, r) in runs.items():
+        assert r["status"] == "completed"
+        assert r["teacher"]["data"] == data and r["config"]["method"]["teacher_data"] == data
+        done = json.loads((run_dir / "teacher" / "done.json").read_text())
+        stages[data] = done["digest"]
+        assert r["stages"]["teacher"]["status"] == "computed"  # not shared between the two
+        assert done["info"]["train_rows"] == r["teacher"]["train_samples"]
+    assert runs["subset"][1]["teacher"]["train_samples"] == 32 and runs["all"][1]["teacher"]["train_samples"] == 256
+    assert stages["subset"] != stages["all"]
+    assert json.loads((runs["subset"][0] / "teacher" / "done.json").read_text())["key"]["train_rows"] == {
+        "labelled_subset": 32, "seed": 42}
+    assert "train_rows" not in json.loads((runs["all"][0] / "teacher" / "done.json").read_text())["key"]
+    # the transfer set is every row for both: the teacher's logits cover all 256
+    for run_dir, _ in runs.values():
+        assert json.loads((run_dir / "teacher_logits" / "done.json").read_text())["info"]["rows"] == 256
+
+
 def test_recipe_arms_never_share_a_run_directory():
     """The arms differ in keys set in their YAML body; the sweep puts them in the directory name too."""
     import yaml
@@ -187,8 +243,8 @@ def test_recipe_arms_never_share_a_run_directory():
     from tests.conftest import ROOT
 
     seen = set()
-    for arm in ("ce", "kd", "tinybert", "sinkd"):
+    for arm in ("ce", "kd", "tinybert", "sinkd", "tinybert4"):
         params = yaml.safe_load((ROOT / "recipes" / "distill" / f"{arm}.yaml").read_text())["hydra"]["sweeper"]["params"]
-        key = (params["method.loss"], params["method.alpha"])
+        key = (params["method.loss"], params["method.alpha"], params.get("method.student_init", "copy"))
         assert key not in seen, f"arm {arm} would write into another arm's run directories"
         seen.add(key)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli, safe_rglob
 
 # A tiny-bert MLM run of a few dozen steps on WikiText-2 (a few seconds of CPU).
 TINY_MLM = [
@@ -66,3 +71,40 @@ def test_t5_and_classification_tasks_are_refused_in_one_line(tmp_path, shared_da
                   f"paths.output_root={tmp_path}")
     assert out.returncode == 2
     assert "task=pretrain/wikitext" in out.stderr.strip().splitlines()[-1]
+
+
+def test_killed_pretrain_run_resumes_to_the_same_loss(tmp_path, shared_data):
+    """SIGKILL after the checkpoint at step 20, re-run: the same final validation loss and curve as a run
+    never interrupted. The training masks come from (seed, the batch's tokens), not the global RNG that
+    the Trainer moves while it skips the consumed batches (runner.tasks.collators.MaskingCollator)."""
+    common = ["method=pretrain", *TINY_MLM, "train.save_steps=10", f"data_dir={shared_data}"]
+    whole = run_cli(*common, f"paths.output_root={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected, whole_dir = results(tmp_path / "whole")
+
+    root = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *common, f"paths.output_root={root}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in safe_rglob(root, "checkpoint-*") if (p / "trainer_state.json").exists()]
+        if any(int(p.name.split("-")[1]) >= 20 for p in done):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial, _ = results(root)
+    assert partial["status"] == "running"
+
+    resumed = run_cli(*common, f"paths.output_root={root}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    got, run_dir = results(root)
+    assert got["status"] == "completed" and got["attempts"] == 2
+    assert abs(got["metrics"]["loss"] - expected["metrics"]["loss"]) < 1e-6
+    with (run_dir / "curve.csv").open() as a, (whole_dir / "curve.csv").open() as b:
+        resumed_curve, whole_curve = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [int(r["step"]) for r in resumed_curve] == [10, 20, 30, 40]
+    for mine, theirs in zip(resumed_curve, whole_curve, strict=True):
+        assert abs(float(mine["eval_loss"]) - float(theirs["eval_loss"])) < 1e-6, (mine, theirs)

@@ -29,6 +29,8 @@ def results(tmp_path) -> dict:
     ["method.pruner=heads", "method.heads=0.9"],  # tiny-bert: 8 heads in 2 layers; 7 removed empties one
     ["method.pruner=heads", "model=tiny-t5"],
     ["method.pruner=movement", "method.scope=global"],
+    ["method.pruner=heads", "method.order_seed=1"],  # an order seed without the random order
+    ["method.pruner=heads", "method.head_importance=entropy"],
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, shared_data, args):
     proc = cli(tmp_path, "model=tiny-bert", *args)
@@ -125,3 +127,26 @@ def test_head_curve_scores_every_round_and_nests_with_shorter_runs(tmp_path, sha
     short = results(tmp_path / "short")
     assert "curve" not in short
     assert short["gated"]["accuracy"] == pytest.approx(curve["2"]["accuracy"])
+
+
+def test_random_head_order_control_reuses_one_dense_model_across_order_seeds(tmp_path, shared_data):
+    """head_importance=random: the curve's rounds in a seeded random order, no retraining; the order seed is
+    apart from the run's seed, so several orders share the seed's one dense fine-tune (stage cache)."""
+    common = ("model=tiny-bert", "method.pruner=heads", "method.head_importance=random", "method.heads=0.5",
+              "method.head_step=0.125", "method.recovery_epochs=0", "method.head_curve=true",
+              f"paths.output_root={tmp_path}")
+    for order in (1, 2):
+        proc = run_cli(*TINY, "method=prune", *common, f"method.order_seed={order}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = sorted(tmp_path.rglob("results.json"))
+    runs = [json.loads(path.read_text()) for path in paths]
+    assert len(runs) == 2
+    by_order = {r["head_order_seed"]: r for r in runs}
+    assert set(by_order) == {1, 2}
+    assert sorted((path.parent / "dense").is_symlink() for path in paths) == [False, True]  # fine-tuned once
+    assert by_order[1]["removed_heads"] != by_order[2]["removed_heads"]
+    for r in runs:
+        assert list(r["curve"]) == ["0", "1", "2", "3", "4"]
+        assert r["dense"]["accuracy"] == runs[0]["dense"]["accuracy"]  # one dense model under both orders
+        assert sum(map(len, r["removed_heads"])) == 4
+        assert "train" not in r  # no recovery: test-time removal, as the gradient curve

@@ -248,6 +248,30 @@ def test_magnitude_head_masking_is_one_round_of_the_smallest_heads():
         structured.mask_heads(tiny("bert"), None, 0.25, 0.1, how="entropy")
 
 
+def test_random_head_order_is_seeded_masked_in_rounds_and_keeps_a_head_per_layer():
+    rounds = []
+    model = tiny("bert")  # 3 layers x 4 heads
+    heads = structured.mask_heads(model, None, fraction=0.75, step=1 / 12, how="random", seed=5,
+                                  log=lambda m: None, on_round=rounds.append)
+    assert rounds == list(range(1, 10))  # one head per round, as the gradient curve's rounds
+    assert sum(map(len, heads)) == 9 and all(len(h) == 3 for h in heads)  # at least one head left per layer
+    # the masked heads follow the seeded order, lowest first, skipping a layer's last head
+    order = structured.random_order(3, 4, 5)
+    expected, gates = [], torch.ones(3, 4)
+    for flat in torch.argsort(order.flatten()).tolist():
+        layer, head = divmod(flat, 4)
+        if len(expected) < 9 and int(gates[layer].sum()) > 1:
+            gates[layer, head] = 0
+            expected.append((layer, head))
+    assert sorted((i, h) for i, hs in enumerate(heads) for h in hs) == sorted(expected)
+    again = structured.mask_heads(tiny("bert"), None, 0.75, 1 / 12, how="random", seed=5, log=lambda m: None)
+    assert again == heads
+    others = [structured.mask_heads(tiny("bert"), None, 0.5, 1 / 12, how="random", seed=s, log=lambda m: None)
+              for s in (1, 2, 3)]
+    assert len({str(h) for h in others}) > 1  # other seeds, other orders
+    assert torch.equal(structured.random_order(3, 4, 7), structured.random_order(3, 4, 7))
+
+
 def test_t5_selection_is_encoder_unless_the_decoder_is_named():
     model = tiny("t5")
     enc = masks.select(model, ["attention", "ffn"])

@@ -36,9 +36,15 @@ def write_run(root: Path, seed: int, metrics: dict | None = None, status: str = 
     return run_dir
 
 
-def recipe(tmp_path: Path, rows: list[str], header: str = HEADER) -> Path:
+def recipe(tmp_path: Path, rows: list[str], header: str = HEADER, checked: bool = True) -> Path:
+    """A recipe folder with this expected.csv. checked: every paper value counts as verified in the paper's text
+    and comparable (columns verified=yes, comparable=yes appended), so that the row gets an ok/off flag."""
     folder = tmp_path / "recipe"
     folder.mkdir(parents=True)
+    if checked and "verified" not in header.split(","):
+        width = len(header.split(","))
+        header += ",verified,comparable"
+        rows = [row + "," * (width - 1 - len(next(csv.reader([row]))) + 1) + ",yes,yes" for row in rows]
     (folder / "expected.csv").write_text("\n".join([header, *rows]) + "\n")
     return folder
 

@@ -3,6 +3,7 @@ accumulation, no-decay groups), MLM evaluation, the speed block and the results 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -192,6 +193,69 @@ def test_speed_block_times_models_side_by_side():
     assert len(calls) == 2 * 3  # prepare before every timed call: warm-up + 2 repeats, per shape
     with pytest.raises(ValueError, match="reference"):
         measure(models, reference="dense", vocab_size=100)
+
+
+def test_interleaved_timer_statistic_clock_and_calls():
+    """runner.speed.interleaved, the one timer every benchmark uses: min or median of the repetitions, wall or
+    CPU clock, a fixed number of calls per sample; the first repetition is an untimed warm-up."""
+    import time
+
+    from runner.speed import interleaved
+
+    def sleeper(durations):
+        it = iter(durations)
+        return lambda: time.sleep(next(it))
+
+    def nothing():
+        pass
+
+    naps = [0.0, 0.05, 0.001, 0.02]  # warm-up, then three timed samples
+    low = interleaved({"a": (nothing, sleeper(naps))}, 3, calls=1)["a"]
+    middle = interleaved({"a": (nothing, sleeper(naps))}, 3, calls=1, statistic="median")["a"]
+    assert 0.001 <= low < 0.015 and 0.02 <= middle < 0.05
+    assert interleaved({"a": (nothing, sleeper([0.02] * 4))}, 3, calls=1, clock="cpu")["a"] < 0.01  # sleep: no CPU
+    calls = []
+    interleaved({"a": (nothing, lambda: calls.append(1))}, 2, calls=3)
+    assert len(calls) == 3 * 3
+    with pytest.raises(ValueError, match="statistic"):
+        interleaved({"a": (nothing, nothing)}, 1, statistic="mean")
+    with pytest.raises(ValueError, match="clock"):
+        interleaved({"a": (nothing, nothing)}, 1, clock="gpu")
+
+
+def test_speed_block_times_t5_models():
+    """Encoder-decoder models get their decoder input: T5 classifiers one </s> per row (they pool the decoder
+    state there), T5 backbones and generators one decoding step from the decoder start token."""
+    import transformers as tf
+
+    from runner.config import build, to_dict
+    from runner.models import ModelConfig, arch, load_model
+    from runner.speed import inputs, measure, model_inputs
+
+    option = build(ModelConfig, to_dict(compose(["model=tiny-t5"]).model), "model")
+    dense = load_model(option, "classification", num_labels=2, problem_type="single_label_classification")
+    pruned = copy.deepcopy(dense)
+    arch.prune_ffn(pruned, {0: list(range(32)), 1: list(range(32))})  # half of each encoder FFN
+    assert arch.layer_sizes(pruned)["ffn"] == [32, 32]
+    backbone = load_model(option, "base")
+    generator = tf.T5ForConditionalGeneration(copy.deepcopy(dense.config))
+    models = {"dense": dense, "pruned": pruned, "backbone": backbone, "generator": generator}
+    result = measure(models, reference="dense", vocab_size=30522,
+                     shapes=((1, 8), (4, 16)), repeats=1, min_seconds=0.001)
+    for shape in ("1x8", "4x16"):
+        assert set(result[shape]["ms"]) == set(models) and all(ms > 0 for ms in result[shape]["ms"].values())
+
+    x = inputs(3, 10, 30522)
+    x["input_ids"][0, 2] = dense.config.eos_token_id  # a random </s> mid-row would give row 0 two of them
+    batch = model_inputs(dense, x)
+    assert (batch["input_ids"] == dense.config.eos_token_id).sum(1).tolist() == [1, 1, 1]
+    assert (batch["input_ids"][:, -1] == dense.config.eos_token_id).all() and "decoder_input_ids" not in batch
+    assert x["input_ids"][0, 2] == dense.config.eos_token_id  # the shared batch is left as it was
+    step = model_inputs(generator, x)
+    assert step["decoder_input_ids"].tolist() == [[dense.config.decoder_start_token_id]] * 3
+    assert step["input_ids"] is x["input_ids"]
+    bert = load_model(build(ModelConfig, to_dict(compose(["model=tiny-bert"]).model), "model"), "base")
+    assert model_inputs(bert, x) is x
 
 
 # -- results contract ---------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script), moe, prune."""
+"""`python -m runner.bench <name> [options]`: trainer (runner vs a bare HF Trainer script), moe, prune, quant."""
 
 import importlib
 import sys
 
 BENCHES = {"trainer": "runner.bench.trainer", "moe": "runner.bench.moe", "moe-gpu": "runner.bench.moe_gpu",
-           "prune": "runner.bench.prune"}
+           "prune": "runner.bench.prune", "quant": "runner.bench.quant"}
 
 
 def main(argv: list[str]) -> int:

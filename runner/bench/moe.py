@@ -9,9 +9,9 @@ Two measurements, each at every share of experts (--ratios) and expert size (--s
   model  the whole MiniLM classifier (6 layers, 384 / 1536; offline weights, random weights if absent),
          dense vs the same weights MoEfied in every layer (random balanced split, mlp router: routing is in
          the timed path; the split does not change the cost, the router's choices do only through balance)
-All variants run in one loop, one call each per repetition (interleaved, so load on a shared machine hits
-all alike); the figure is median (--stat min: fastest) dense time / MoE time. Prints one table per measurement
-and writes moe.json and moe.png to --out.
+All variants run in one loop, one call each per repetition (runner.speed.interleaved: load on a shared machine
+hits all alike); the figure is median (--stat min: fastest) dense time / MoE time. Prints one table per
+measurement and writes moe.json and moe.png to --out.
   --previous   also times the previous CPU path (argsort + per-expert loop, MoEFFN.cpu_path="general") side by
                side, as variants "m<size>@<ratio>/prev"
   --breakdown  then, per shape, where the time goes: the fastest of --repeats instrumented, interleaved calls of
@@ -25,39 +25,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import statistics
-import time
 from pathlib import Path
 
 LAYER_SHAPE = (768, 3072)  # BERT-base d_model, d_ff
 SHAPES = {"1x64": (1, 64), "32x128": (32, 128)}
-CLOCK = [time.perf_counter]  # --clock cpu: [time.process_time]
-
-
-def timed(fn, calls: int = 1) -> float:
-    """Seconds per call of fn, over `calls` back-to-back calls."""
-    t0 = CLOCK[0]()
-    for _ in range(calls):
-        fn()
-    return (CLOCK[0]() - t0) / calls
-
-
-def interleaved(variants: dict, repeats: int, min_seconds: float = 0.05, stat: str = "median") -> dict[str, float]:
-    """Median (stat="min": fastest) seconds per call of each variant {name: (prepare, fn)}. Each repetition runs every variant
-    once, after its untimed prepare() (e.g. setting k). The first repetition is a warm-up that also picks how
-    many back-to-back calls make one sample (>= min_seconds, so millisecond calls are not timer noise)."""
-    samples = {name: [] for name in variants}
-    calls = {}
-    for rep in range(repeats + 1):
-        for name, (prepare, fn) in variants.items():
-            prepare()
-            if rep == 0:
-                calls[name] = max(1, math.ceil(min_seconds / max(timed(fn), 1e-6)))
-            else:
-                samples[name].append(timed(fn, calls[name]))
-    pick = min if stat == "min" else statistics.median
-    return {name: pick(s) for name, s in samples.items()}
 
 
 def nothing() -> None:
@@ -84,6 +55,7 @@ def bench_layer(a, breakdowns: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from runner import speed
     from runner.moe.router import active_experts
 
     d, d_ff = a.layer_shape
@@ -105,9 +77,9 @@ def bench_layer(a, breakdowns: dict) -> dict:
                         lambda mod=mod, x=x: mod(x))
                     ffn_modules[f"m{m}@{ratio}{SUFFIX[path]}"] = [mod]
         with torch.no_grad():
-            out[shape] = interleaved(variants, a.repeats, stat=a.stat)
+            out[shape] = speed.interleaved(variants, a.repeats, statistic=a.stat, clock=a.clock)
             if a.breakdown:
-                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats)
+                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats, a.clock)
         print(f"  layer {shape}: done")
     return out
 
@@ -134,16 +106,17 @@ def set_path(model, ratio: float, path: str) -> None:
         mod.cpu_path = path
 
 
-def ffn_timer(ffns: list, sink: dict) -> list:
-    """Hooks adding the wall time inside every FFN to sink["ffn"]: an MoEFFN from its call to its return, a dense
-    arch FFN from its input module's call to its output projection's return. Returns the hook handles."""
+def ffn_timer(ffns: list, sink: dict, now) -> list:
+    """Hooks adding the time inside every FFN (read on the clock `now`) to sink["ffn"]: an MoEFFN from its call
+    to its return, a dense arch FFN from its input module's call to its output projection's return. Returns the
+    hook handles."""
     state = {}
 
     def start(*_):
-        state["t0"] = CLOCK[0]()
+        state["t0"] = now()
 
     def stop(*_):
-        sink["ffn"] = sink.get("ffn", 0.0) + CLOCK[0]() - state["t0"]
+        sink["ffn"] = sink.get("ffn", 0.0) + now() - state["t0"]
 
     handles = []
     for f in ffns:
@@ -152,30 +125,39 @@ def ffn_timer(ffns: list, sink: dict) -> list:
     return handles
 
 
-def breakdown(variants: dict, ffns: dict, repeats: int) -> dict[str, dict[str, float]]:
-    """Seconds per stage of each variant: the fastest of `repeats` interleaved calls. Keys: total, ffn (inside the
-    FFNs), non_ffn, the STAGES the MoE modules report (previous path's "sort" = index) and ffn_other (the rest of
-    the MoE call: Python, reshapes, output allocation)."""
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(repeats):
-        for name, (prepare, fn) in variants.items():
-            prepare()
-            sink: dict[str, float] = {}
-            handles = ffn_timer(ffns[name], sink)
-            moes = [mod for mod in ffns[name] if hasattr(mod, "timings")]
-            for mod in moes:
-                mod.timings = sink
-            t0 = CLOCK[0]()
-            fn()
-            sink["total"] = CLOCK[0]() - t0
-            for h in handles:
-                h.remove()
-            for mod in moes:
-                mod.timings = None
-            if "sort" in sink:
-                sink["index"] = sink.pop("sort")
-            if name not in best or sink["total"] < best[name]["total"]:
-                best[name] = sink
+def instrumented(fn, ffns: list, now) -> dict[str, float]:
+    """Seconds per stage of one call of fn: total, ffn (inside the FFNs) and the stages the MoE modules
+    report (previous path's "sort" = index)."""
+    sink: dict[str, float] = {}
+    handles = ffn_timer(ffns, sink, now)
+    moes = [mod for mod in ffns if hasattr(mod, "timings")]
+    for mod in moes:
+        mod.timings = sink
+    t0 = now()
+    fn()
+    sink["total"] = now() - t0
+    for h in handles:
+        h.remove()
+    for mod in moes:
+        mod.timings = None
+    if "sort" in sink:
+        sink["index"] = sink.pop("sort")
+    return sink
+
+
+def breakdown(variants: dict, ffns: dict, repeats: int, clock: str = "wall") -> dict[str, dict[str, float]]:
+    """Seconds per stage of each variant: the fastest of `repeats` interleaved instrumented calls (after one
+    warm-up call each; runner.speed.interleaved does the interleaving). Keys: total, ffn (inside the FFNs),
+    non_ffn, the STAGES the MoE modules report and ffn_other (the rest of the MoE call: Python, reshapes,
+    output allocation)."""
+    from runner import speed
+
+    now = speed.CLOCKS[clock]
+    sinks: dict[str, list[dict]] = {name: [] for name in variants}
+    calls = {name: (prepare, lambda name=name, fn=fn: sinks[name].append(instrumented(fn, ffns[name], now)))
+             for name, (prepare, fn) in variants.items()}
+    speed.interleaved(calls, repeats, calls=1, clock=clock)
+    best = {name: min(found[1:], key=lambda sink: sink["total"]) for name, found in sinks.items()}  # [0]: warm-up
     for sink in best.values():
         sink.setdefault("ffn", sink["total"])  # a bare dense FFN (layer measurement): all of it is FFN
         sink["non_ffn"] = sink["total"] - sink["ffn"]
@@ -218,6 +200,7 @@ def load_minilm():
 def bench_model(a, breakdowns: dict) -> tuple[dict, str]:
     import torch
 
+    from runner import speed
     from runner.models import arch
     from runner.moe import module, router, split
 
@@ -254,9 +237,9 @@ def bench_model(a, breakdowns: dict) -> tuple[dict, str]:
                                       lambda model=model, batch=batch: model(**batch))
                     ffn_modules[name] = moe_modules(model)
         with torch.no_grad():
-            out[shape] = interleaved(variants, a.repeats, stat=a.stat)
+            out[shape] = speed.interleaved(variants, a.repeats, statistic=a.stat, clock=a.clock)
             if a.breakdown:
-                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats)
+                breakdowns[shape] = breakdown(variants, ffn_modules, a.repeats, a.clock)
         print(f"  model {shape}: done")
     return out, origin
 
@@ -331,11 +314,11 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    if a.clock == "cpu":
+    if a.clock == "cpu":  # the MoE modules' stage timings (--breakdown) read the same clock
         from plm_kernels import torch_moe
+        from runner import speed
 
-        CLOCK[0] = time.process_time
-        torch_moe.set_stage_clock(time.process_time)
+        torch_moe.set_stage_clock(speed.CLOCKS["cpu"])
     print(f"MoE vs dense, CPU torch path, {a.threads} threads, {a.stat} of {a.repeats} interleaved calls, "
           f"{a.clock} clock")
     results, origin, breakdowns = {}, None, {"layer": {}, "model": {}}

@@ -7,8 +7,8 @@ Models: MiniLM (the offline pretrained weights when present, else random weights
 and BERT-large shapes (random weights). Every FFN is MoEfied (random balanced split into experts of
 --sizes neurons, untrained mlp router: the routing is in the timed path) at each share of experts
 (--ratios). Each variant runs eagerly and through runner.moe.cuda_graph.GraphedModel (one graph per
-bucket). All variants of a model and shape are timed interleaved (CUDA events, median of --repeats
-rounds of --calls calls each); the speedups are dense / MoE in the same mode (eager vs eager, graph vs
+bucket). All variants of a model and shape are timed interleaved (runner.speed.interleaved: CUDA events,
+median of --repeats rounds of --calls calls each); the speedups are dense / MoE in the same mode (eager vs eager, graph vs
 graph). Needs a CUDA device: without one it refuses in one line (the CPU benchmark is `runner.bench moe`).
 """
 
@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 SHAPES = {
@@ -68,44 +66,10 @@ def moefied(dense, size: int):
     return model
 
 
-def timer(device: str):
-    """fn, calls -> ms per call (CUDA events on a GPU, perf_counter on CPU)."""
-    import torch
-
-    if device == "cpu":
-        def cpu_ms(fn, calls):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            return (time.perf_counter() - t0) * 1e3 / calls
-        return cpu_ms
-
-    def cuda_ms(fn, calls):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / calls
-    return cuda_ms
-
-
-def interleaved(variants: dict, repeats: int, calls: int, ms) -> dict[str, float]:
-    """Median ms per call of each {name: (prepare, fn)}; one warm-up round (captures graphs) first."""
-    samples = {name: [] for name in variants}
-    for rep in range(repeats + 1):
-        for name, (prepare, fn) in variants.items():
-            prepare()
-            t = ms(fn, calls)
-            if rep:
-                samples[name].append(t)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 def bench_model(name: str, a, device: str, emit) -> list[dict]:
     import torch
 
+    from runner import speed
     from runner.moe import module
     from runner.moe.cuda_graph import GraphedModel
 
@@ -144,7 +108,10 @@ def bench_model(name: str, a, device: str, emit) -> list[dict]:
                     runner = GraphedModel(model)  # captured at the first call, after prepare() set k
                     variants[f"{label} graph"] = (prepare, lambda runner=runner, batch=batch: runner(**batch))
         with torch.no_grad():
-            times = interleaved(variants, a.repeats, a.calls, timer(device))
+            # one warm-up round first (it captures the graphs); CUDA events on a GPU, wall clock on CPU
+            seconds = speed.interleaved(variants, a.repeats, calls=a.calls, statistic="median",
+                                        clock="cuda" if device == "cuda" else "wall")
+            times = {label: s * 1e3 for label, s in seconds.items()}
             for label, (prepare, fn) in variants.items():  # sanity: graph replay == eager, per variant
                 prepare()
                 outputs[label] = fn().float()

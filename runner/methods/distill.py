@@ -4,7 +4,9 @@ SinKD's Sinkhorn term (Cui et al., LREC-COLING 2024).
 
     teacher   method.teacher_run (a finished run) | the `teacher` model option fine-tuned on the task |
               by default the `model` option fine-tuned on the task (a shared stage)        teacher/model
-    student   copy: the teacher's embeddings + method.student_layers + head (PKD / DistilBERT)
+              with method.student_train_samples, on the student's labelled subset only (teacher_data=subset)
+    student   copy: the teacher's embeddings + method.student_layers + head (PKD / DistilBERT), or the same
+              cut of another finished run's model (method.student_run: a pruned model in a compress chain)
               random: a fresh model of the teacher's family, len(student_layers) layers, student_config
               model: the `model` option itself, cut to student_layers when given
               + a learned projection to the teacher's width when the widths differ (TinyBERT's W_fit)
@@ -44,6 +46,7 @@ class Config:
     alpha: float = 0.5
     temperature: float = 2.0
     teacher_run: str | None = None
+    student_run: str | None = None
     student_init: Literal["copy", "random", "model"] = "copy"
     student_layers: list[int] | str | None = field(default_factory=lambda: [0, 1, 2])
     student_config: dict[str, Any] | None = None
@@ -58,6 +61,7 @@ class Config:
     sinkhorn_scale: float = 0.001
     student_train_samples: int | None = None
     transfer: Literal["labeled", "all"] = "labeled"
+    teacher_data: Literal["subset", "all"] = "subset"
     cache_teacher: bool = True
     save_model: bool = True
 
@@ -71,9 +75,11 @@ class Config:
             raise ValueError("method.sinkhorn_epsilon must be > 0 and method.sinkhorn_iterations >= 1")
         if self.two_stage and self.loss != "tinybert":
             raise ValueError("method.two_stage is TinyBERT's schedule; set method.loss=tinybert or two_stage=false")
+        if self.student_run and self.student_init != "copy":
+            raise ValueError("method.student_run is the model the student is cut from; set method.student_init=copy")
         if self.student_config and self.student_init != "random":
             raise ValueError("method.student_config reshapes a random-init student; set method.student_init=random")
-        if self.student_layers is None and self.student_init != "model":
+        if self.student_layers is None and self.student_init != "model" and not self.student_run:
             raise ValueError(f"method.student_layers=null keeps every layer, which only student_init=model allows; "
                              f"give the teacher layers to keep, e.g. [0,1,2] (student_init={self.student_init})")
         if self.student_train_samples is not None and self.student_train_samples < 1:
@@ -97,7 +103,7 @@ def run(ctx) -> dict:
     layer_map = check_models(ctx, probe, student)
 
     teacher, teacher_metrics, teacher_id = prepare_teacher(ctx, stages, teacher_cfg, probe)
-    if cfg.student_init == "copy":  # cut from the fine-tuned teacher, not from the probe
+    if cfg.student_init == "copy" and not cfg.student_run:  # cut from the fine-tuned teacher, not the probe
         student = build_student(ctx, teacher)
     params = LossParams(alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta, layer_map=layer_map,
                         sinkhorn={"temperature": cfg.sinkhorn_temperature, "epsilon": cfg.sinkhorn_epsilon,
@@ -126,7 +132,7 @@ def run(ctx) -> dict:
     if cfg.save_model:
         artifacts.save_model(ctx, student, ctx.run_dir)
     return {"metrics": result["last"], "best": result["best"], "train": result["train"],
-            "teacher": teacher_metrics}
+            "teacher": {**teacher_metrics, **teacher_data_info(ctx)}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,7 +149,10 @@ def prepare_teacher(ctx, stages: Stages, teacher_cfg, probe):
     run as is, or a model fine-tuned on the task as a shared stage."""
     if ctx.method.teacher_run:
         return probe, evaluate(ctx, probe), str(Path(ctx.method.teacher_run).resolve())
-    stage = artifacts.fine_tuned(ctx, stages, "teacher", model_cfg=teacher_cfg)
+    subset = teacher_subset(ctx)
+    stage = artifacts.fine_tuned(ctx, stages, "teacher", model_cfg=teacher_cfg, train_dataset=subset,
+                                 data_key=None if subset is None else {"labelled_subset": len(subset),
+                                                                       "seed": ctx.seed})
     ctx.info.setdefault("stages", {})["teacher"] = stage_info(stage)
     teacher = artifacts.load_model_dir(ctx, stage.path / "model", model_cfg=teacher_cfg)
     return teacher, stage.info["metrics"], stage.digest
@@ -157,7 +166,13 @@ def build_student(ctx, teacher):
     cfg: Config = ctx.method
     teacher_layers = arch.num_layers(teacher)["encoder"]
     if cfg.student_init == "copy":
-        return students.from_teacher(teacher, cfg.student_layers)
+        source = teacher
+        if cfg.student_run:
+            source = artifacts.load_model_dir(ctx, artifacts.finished_run(cfg.student_run, key="method.student_run",
+                                                                         task=ctx.task_cfg.name))
+        if cfg.student_layers is None:
+            return source.train()
+        return students.from_teacher(source, cfg.student_layers)
     if cfg.student_init == "random":
         return students.random_like(teacher, len(layers.kept_layers(cfg.student_layers, teacher_layers)),
                                     cfg.student_config or {})
@@ -232,20 +247,49 @@ def intermediate_key(ctx, teacher_id: str) -> dict:
     return {"teacher": teacher_id, "init": cfg.student_init, "layers": cfg.student_layers,
             "config": cfg.student_config, "map": cfg.layer_map, "epochs": cfg.intermediate_epochs,
             "lr": cfg.intermediate_lr, "samples": cfg.student_train_samples, "transfer": cfg.transfer, "seed": ctx.seed, "train": dataclasses.asdict(ctx.train),
-            "task": ctx.task_cfg.name, "model": ctx.model_cfg.name}
+            "task": ctx.task_cfg.name, "model": ctx.model_cfg.name,
+            **({"student_run": str(Path(cfg.student_run).resolve())} if cfg.student_run else {})}
+
+
+def labelled_subset(ctx):
+    """The low-data setting's labelled rows: a seeded subset of method.student_train_samples training
+    examples; None when it is unset or covers the whole training set."""
+    n, train = ctx.method.student_train_samples, ctx.data["train"]
+    if n is None or n >= len(train):
+        return None
+    return train.shuffle(seed=ctx.seed).select(range(n))
+
+
+def teacher_subset(ctx):
+    """The rows the teacher stage learns from, when not the whole training set: with student_train_samples
+    and teacher_data=subset, the student's own labelled subset (so a transfer set is really unlabelled for
+    it too); teacher_data=all keeps the whole set (the teacher then saw more labels than the student)."""
+    return labelled_subset(ctx) if ctx.method.teacher_data == "subset" else None
+
+
+def teacher_data_info(ctx) -> dict:
+    """results.json `teacher.train_samples` (labelled rows the teacher was fine-tuned on; null for a given
+    method.teacher_run, whose data this run cannot know) and `teacher.data`."""
+    if ctx.method.teacher_run:
+        return {"train_samples": None, "data": "teacher_run (unknown)"}
+    subset = teacher_subset(ctx)
+    if subset is None:
+        return {"train_samples": len(ctx.data["train"]), "data": "all"}
+    return {"train_samples": len(subset), "data": "subset"}
 
 
 def student_data(ctx):
     """The student's training set: the task's, or the low-data setting of method.student_train_samples labelled
-    examples (a seeded subset; the teacher was trained on the whole set). transfer=labeled: the student sees
-    only those; transfer=all: it sees every training sentence, the others without their gold label (-100, NaN
-    for regression), so they carry the KD term alone (Hinton et al.'s transfer set: the teacher labels
-    sentences the student has no gold label for)."""
+    examples (a seeded subset, the teacher's own training set under teacher_data=subset). transfer=labeled: the
+    student sees only those; transfer=all: it sees every training sentence, the others without their gold
+    label (-100, NaN for regression), so they carry the KD term alone (Hinton et al.'s transfer set: the
+    teacher labels sentences neither it nor the student has a gold label for)."""
     n, train = ctx.method.student_train_samples, ctx.data["train"]
-    if n is None or n >= len(train):
+    subset = labelled_subset(ctx)
+    if subset is None:
         return train
     if ctx.method.transfer == "labeled":
-        return train.shuffle(seed=ctx.seed).select(range(n))
+        return subset
     rows = train.add_column("_row", list(range(len(train))))  # the same seeded subset as transfer=labeled
     labelled = set(rows.shuffle(seed=ctx.seed).select(range(n))["_row"])
     unlabelled = float("nan") if ctx.task.is_regression else -100

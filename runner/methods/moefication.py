@@ -8,6 +8,7 @@ into E experts of m neurons and compute only the k experts a router picks for ea
     route    a router per FFN: gt | similarity | mlp (trained on the inputs)     router/routers.pt
     convert  permute neurons so each expert is contiguous, swap in MoE FFN modules (compute top-k only)
     evaluate the task metric at each ratio of experts per token, plot            eval/ratio-<r>.json, moefication.png
+    (save)   method.save_ratio: the MoE model at that ratio, loadable by another run    model/ (runner.moe.saved)
 
 Each stage leaves its artefact in the run directory; a re-run resumes at the first missing stage, and runs
 that need the same dense/ReLU model, inputs or split (the cells of a split x router grid) share them
@@ -55,6 +56,7 @@ class Config:
     router_batch_size: int = 512
     router_holdout: float = 0.1
     speed_repeats: int = 5
+    save_ratio: float | None = None
 
     def __post_init__(self):
         if not self.ratios:
@@ -70,6 +72,9 @@ class Config:
             raise ValueError(f"method.num_experts must be a positive integer or null, got {self.num_experts}")
         if self.speed_repeats < 0:
             raise ValueError(f"method.speed_repeats must be >= 0 (0 skips the timing), got {self.speed_repeats}")
+        if self.save_ratio is not None and self.save_ratio not in self.ratios:
+            raise ValueError(f"method.save_ratio={self.save_ratio} is not one of method.ratios {self.ratios}: the "
+                             "saved MoE model is one that was evaluated")
         if not 0 < self.router_holdout < 1:
             raise ValueError(f"method.router_holdout must be in (0, 1), got {self.router_holdout}")
 
@@ -98,6 +103,8 @@ def run(ctx) -> dict:
                            lambda path: measure_speed(ctx, source.path / "model", experts.path, routers.path))
         ctx.info["speed"] = {k: v for k, v in speed.info.items() if k != "seconds"}
         stages_done.append(speed)
+    if cfg.save_ratio is not None:
+        save_moe(ctx, source.path / "model", experts.path, routers.path)
     return report(ctx, dense, source if cfg.relufy else None, experts, routers, evaluation, stages_done)
 
 
@@ -229,6 +236,21 @@ def measure_speed(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path) ->
     prepare = {f"moe@{ratio_key(r)}": (lambda r=r: module.set_ratio(moe, r)) for r in cfg.ratios}
     return speed.measure(models, reference="dense", vocab_size=len(ctx.tokenizer), repeats=cfg.speed_repeats,
                          prepare=prepare, device="cuda" if ctx.hardware.device == "cuda" else "cpu")
+
+
+def save_moe(ctx, model_dir: Path, experts_dir: Path, routers_dir: Path) -> Path:
+    """<run dir>/model: the source model and the MoE files at method.save_ratio, experts stored busiest first
+    as measure_speed stores them (runner.quant.deploy.load_deployed rebuilds it)."""
+    from runner.moe import saved
+
+    cfg: Config = ctx.method
+    path = save_model(ctx, load_model_dir(ctx, model_dir), ctx.run_dir)
+    moe, _, groups = moefied(ctx, load_model_dir(ctx, model_dir), experts_dir, routers_dir)
+    module.set_ratio(moe, cfg.save_ratio)
+    with torch.no_grad():
+        module.order_experts_by_use(moe, itertools.islice(input_batches(ctx, ctx.data["train"], 8), 4))
+    saved.save(path, moe, groups, torch.load(routers_dir / "routers.pt"), cfg.router, cfg.save_ratio)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 
 Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
     dense   = the fine-tuned model (method.base_run, or fine-tuned here through the stage cache)
     heads   gates on heads; mask the least important share per round, re-score, until `heads` are masked
-            (method.head_curve: score the gated model after every round: the accuracy-vs-heads curve)
+            (method.head_curve: score the gated model after every round: the accuracy-vs-heads curve;
+            head_importance=random: the same rounds in a seeded random order, the control of that curve)
     ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere)
     prune   physically remove the masked heads' Q/K/V rows and O columns, the neurons' W_in rows and
             W_out columns (runner.models.arch); outputs equal the gated model's
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from runner import artifacts, speed
@@ -56,6 +58,7 @@ class Config:
     name: str = "prune"
     pruner: str = "movement"
     base_run: str | None = None
+    teacher_run: str | None = None
     start: Literal["pretrained", "dense"] = "pretrained"
     matrices: list[str] = field(default_factory=lambda: ["attention", "ffn"])
     sparsity: float = 0.9
@@ -73,7 +76,8 @@ class Config:
     temperature: float = 2.0
     cache_teacher: bool = True
     heads: float = 0.3
-    head_importance: Literal["gradient", "magnitude"] = "gradient"
+    head_importance: Literal["gradient", "magnitude", "random"] = "gradient"
+    order_seed: int | None = None
     head_step: float = 0.1
     head_curve: bool = False
     ffn: float = 0.5
@@ -98,6 +102,9 @@ class Config:
             raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
         if self.update_every < 1 or self.importance_batches < 1 or self.recovery_epochs < 0:
             raise ValueError("method.update_every and method.importance_batches must be >= 1, recovery_epochs >= 0")
+        if self.order_seed is not None and self.head_importance != "random":
+            raise ValueError(f"method.order_seed seeds the random head order; set method.head_importance=random "
+                             f"or drop method.order_seed (head_importance={self.head_importance})")
         if self.scope == "global" and self.pruner != "magnitude":
             raise ValueError(f"method.scope=global is for magnitude pruning; {self.pruner} scores are per matrix")
 
@@ -105,8 +112,6 @@ class Config:
 def run(ctx) -> dict:
     cfg: Config = ctx.method
     stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, "prune")
-    if cfg.alpha_kd > 0 and ctx.task.is_regression:
-        raise UserError("method.alpha_kd > 0 needs a classification task (KD is a KL over classes); set method.alpha_kd=0")
     if cfg.pruner in UNSTRUCTURED:
         return fine_prune(ctx, stages)
     check_structure(ctx)
@@ -128,13 +133,19 @@ def check_structure(ctx) -> None:
 
 def dense_model(ctx, stages, kd: bool = False):
     """The fine-tuned dense model (base_run, or fine-tuned here and shared through the stage cache), its
-    metrics, and, when it is a KD teacher (`kd`) and method.cache_teacher, its logits on the training set."""
-    stage = artifacts.fine_tuned(ctx, stages, "dense", base_run=ctx.method.base_run)
+    metrics, the KD teacher (method.teacher_run, default the dense model itself) and, when there is KD
+    (`kd`) and method.cache_teacher, the teacher's logits on the training set."""
+    cfg: Config = ctx.method
+    stage = artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run)
     model = artifacts.load_model_dir(ctx, stage.path / "model")
+    teacher, teacher_id = model, stage.digest
+    if kd and cfg.teacher_run:
+        teacher_dir = artifacts.finished_run(cfg.teacher_run, key="method.teacher_run", task=ctx.task_cfg.name)
+        teacher, teacher_id = artifacts.load_model_dir(ctx, teacher_dir), str(teacher_dir.resolve())
     cache = None
-    if kd and ctx.method.cache_teacher:
-        cache = cached_logits(ctx, stages, model, stage.digest)
-    return model, stage.info.get("metrics", {}), cache
+    if kd and cfg.cache_teacher:
+        cache = cached_logits(ctx, stages, teacher, teacher_id)
+    return model, teacher, stage.info.get("metrics", {}), cache
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,11 +187,12 @@ class Schedule(TrainerCallback):
             self.final_done = reached
 
 
-def fine_prune(ctx, stages) -> dict:
+def fine_prune(ctx, stages, callbacks=()) -> dict:
+    """`callbacks`: extra TrainerCallbacks beside the schedule (recipes/movement-pruning/diagnose.py's probe)."""
     cfg: Config = ctx.method
     teacher, dense_metrics, cache = None, None, None
     if cfg.alpha_kd > 0 or cfg.start == "dense":
-        teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
+        _, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
     model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
         ctx, artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run).path / "model")
     if cfg.freeze_embeddings:
@@ -210,7 +222,7 @@ def fine_prune(ctx, stages) -> dict:
             loss = loss + cfg.l1_lambda * schedule.schedule.progress(state.step) * l1
         return loss, outputs
 
-    result = fit(ctx, model, loss_fn=loss_fn, callbacks=[schedule], param_groups=groups,
+    result = fit(ctx, model, loss_fn=loss_fn, callbacks=[schedule, *callbacks], param_groups=groups,
                  teacher=teacher if cfg.alpha_kd > 0 else None)
     masks.bake(modules)  # W * M becomes the weight: evaluated and saved as such
     measured = masks.sparsity(modules)
@@ -244,7 +256,7 @@ def importance_batches(ctx):
 
 def prune_structure(ctx, stages) -> dict:
     cfg: Config = ctx.method
-    dense, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0 and cfg.recovery_epochs > 0)
+    dense, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0 and cfg.recovery_epochs > 0)
     model = copy.deepcopy(dense)
     device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
     model.to(device)
@@ -261,7 +273,7 @@ def prune_structure(ctx, stages) -> dict:
     if cfg.pruner in ("heads", "structured"):
         heads = structured.mask_heads(model, batches, cfg.heads, cfg.head_step, cfg.head_importance,
                                       cfg.allow_empty_layers, log=ctx.log,
-                                      on_round=score_round if cfg.head_curve else None)
+                                      on_round=score_round if cfg.head_curve else None, seed=order_seed(ctx))
     if cfg.pruner in ("ffn", "structured"):
         imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
         neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope)
@@ -269,17 +281,15 @@ def prune_structure(ctx, stages) -> dict:
     gated = evaluate(ctx, model)
     structured.prune_masked(model, heads, neurons, cfg.allow_empty_layers)
     pruned = evaluate(ctx, model)  # the same as `gated`: physical removal is exact
-    if arch.family(model) == "t5":  # runner.speed feeds random ids; T5 classification needs an </s> per row
-        ctx.log("speed: not measured for T5 (the speed block's random inputs have no </s>)")
-    else:
-        speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
+    speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
     if curve:
         ctx.info["curve"] = {"0": {"share": 0.0, **dense_metrics}, **curve}
     out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated, "removed_heads": heads,
+           **({"head_order_seed": order_seed(ctx)} if cfg.head_importance == "random" and heads is not None else {}),
            "sizes": arch.layer_sizes(model),
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:
-        result = fit(ctx, model, output="recovery", teacher=dense if cfg.alpha_kd > 0 else None,
+        result = fit(ctx, model, output="recovery", teacher=teacher if cfg.alpha_kd > 0 else None,
                      loss_fn=kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None,
                      train=dataclasses.replace(ctx.train, epochs=cfg.recovery_epochs))
         out["train"] = result["train"]
@@ -290,13 +300,22 @@ def prune_structure(ctx, stages) -> dict:
     return out
 
 
+def order_seed(ctx) -> int:
+    """The seed of head_importance=random's order: method.order_seed, else the run's seed (several orders on
+    one dense model: method.order_seed=1,2,3 at one seed, since the dense stage is keyed by the run's seed)."""
+    return ctx.seed if ctx.method.order_seed is None else ctx.method.order_seed
+
+
 def kd_loss(cfg: Config, cache: LogitCache | None):
-    """(1 - alpha_kd) * task loss + alpha_kd * T^2 KL(teacher || student), both terms logged: fine-pruning
-    and recovery fine-tuning share it."""
+    """(1 - alpha_kd) * task loss + alpha_kd * T^2 KL(teacher || student) (one output, regression: MSE to the
+    teacher's prediction), both terms logged: fine-pruning and recovery fine-tuning share it."""
     def loss_fn(model, inputs, teacher, state):
         outputs = model(**inputs)
         target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
-        kd = soft_kl(outputs.logits, target, cfg.temperature)
+        if outputs.logits.shape[-1] == 1:
+            kd = F.mse_loss(outputs.logits.float().squeeze(-1), target.float().squeeze(-1))
+        else:
+            kd = soft_kl(outputs.logits, target, cfg.temperature)
         state.log(task=outputs.loss, kd=kd)
         return (1 - cfg.alpha_kd) * outputs.loss + cfg.alpha_kd * kd, outputs
     return loss_fn

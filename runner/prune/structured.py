@@ -72,6 +72,14 @@ def head_importance(model: nn.Module, batches: Batches, normalize: bool = True) 
     return imp
 
 
+def random_order(layers: int, heads: int, seed: int) -> Tensor:
+    """(layers, heads) importance that is a seeded random permutation of the heads: the random-order control
+    (Michel et al.'s claim is that importance order beats it). Drawn once, so masking it in rounds removes the
+    heads in one fixed random order."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(layers * heads, generator=generator).float().view(layers, heads)
+
+
 def head_magnitude(model: nn.Module) -> Tensor:
     """(layers, heads) data-free importance: ||V rows of h|| * ||O columns of h|| (what h can add)."""
     out = []
@@ -103,21 +111,27 @@ def _mask_lowest(imp: Tensor, gates: Tensor, n: int, allow_empty: bool) -> None:
 
 def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step: float, how: str = "gradient",
                allow_empty: bool = False, log: Callable[[str], None] = print,
-               on_round: Callable[[int], None] | None = None) -> list[list[int]]:
+               on_round: Callable[[int], None] | None = None, seed: int = 0) -> list[list[int]]:
     """Set to 0 the gates of the least important heads until `fraction` of all heads are masked; returns
     the masked head ids per layer. "gradient" (Michel et al.): `step` of all heads per round, re-scored
-    after each round with the new mask. "magnitude": one round by head_magnitude. `on_round(masked)` runs
-    after each round on the gated model (e.g. to score it: the accuracy-vs-heads-removed curve)."""
+    after each round with the new mask. "magnitude": one round by head_magnitude. "random": a random order
+    (random_order, seeded by `seed`), masked `step` of all heads per round like "gradient", so both curves
+    have the same points. `on_round(masked)` runs after each round on the gated model (e.g. to score it:
+    the accuracy-vs-heads-removed curve)."""
     atts = arch._encoder_attentions(model)
     layers, heads = len(atts), atts[0].num_heads
     target = int(round(fraction * layers * heads))
     _check_heads(layers, heads, target, allow_empty)
-    if how not in ("gradient", "magnitude"):
-        raise UserError(f"method.head_importance must be gradient or magnitude, got '{how}'")
+    if how not in ("gradient", "magnitude", "random"):
+        raise UserError(f"method.head_importance must be gradient, magnitude or random, got '{how}'")
     per_round = target if how == "magnitude" else max(1, int(round(step * layers * heads)))
     gates = head_gates(model)
+    order = random_order(layers, heads, seed) if how == "random" else None
     while int((gates == 0).sum()) < target:
-        imp = head_magnitude(model) if how == "magnitude" else head_importance(model, batches)
+        if order is not None:
+            imp = order.clone()
+        else:
+            imp = head_magnitude(model) if how == "magnitude" else head_importance(model, batches)
         imp = imp.to(gates.device)
         imp[gates == 0] = float("inf")
         _mask_lowest(imp, gates, min(per_round, target - int((gates == 0).sum())), allow_empty)

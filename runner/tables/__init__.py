@@ -3,9 +3,16 @@
     python -m runner.tables recipes/<paper>           # the recipe's runs vs its expected.csv
     python -m runner.tables outputs/<dir> [--out DIR] # any folder of runs: one line per setting
     make table RECIPE=<paper>
+    python -m runner.tables.compare recipes/ --task glue/sst2   # every method of a task: runner/tables/compare.py
 
 Prints Markdown and writes <name>.md, <name>.csv (every number at full precision), <name>.tex (booktabs)
-and one PNG per declared plot into --out (default: <the recipe's first output root>/tables/).
+and one PNG per declared plot into --out (default: <the recipe's first output root>/tables/, under outputs/:
+a recipe's own results/ change only when --out names them).
+
+Committed rows. A row with no run here shows the recipe's committed table (recipes/<paper>/results/<paper>.csv),
+marked `committed` with the command that re-runs it; a run made here replaces the row it covers, and adds its
+seeds to the committed ones of the very same setting (runner/tables/earlier.py). `--no-committed` shows the
+runs here only; `--keep-earlier` takes the earlier numbers from the table already at --out instead.
 
 Finding runs. A recipe folder holds experiment files (recipes/<paper>/<table>.yaml, selected with
 `+experiment=<paper>/<table>`) that route their runs with `paths.output_root` (e.g.
@@ -44,12 +51,29 @@ expected.csv schema (one row per published number; `#` lines are comments; empty
     x           its x value: a number, or a dotted results.json path (e.g. parameters.trainable) whose
                 mean over the runs is used.
     x_label     x axis label of the figure.
-    series      line of the figure the point belongs to (default: the metric).
+    series      line of the figure the point belongs to (default: the metric). A series whose points are one
+                setting swept along one key is a curve (drawn with a line); points of different settings (ten
+                PEFT methods) are drawn apart, each labelled.
+    verified    yes: the paper's value was checked in the paper's own text (or the authors' table); no: it
+                was not (a secondary summary, a model card). Empty = no.
+    comparable  yes, or why the paper's number is not ours: "other task: MNLI-m", "other model: T5-Large",
+                "other metric: FLOPs ratio". Required with a `value`.
+    null_means  what a null result means for the metric, shown in place of a number (e.g. "never reached").
+    point       the setting(s) of the cross-method comparison (runner.tables.compare) this row describes;
+                "a|b" when one measurement serves several (the same student shape). What the row gives
+                the point follows from its metric: the task metric, a relative row (% of dense),
+                speed.1x64.* / speed.32x128.*, trainable.percent, parameters.total, train.train_runtime.
 
+Flags: only a verified and comparable paper value with a tolerance gets ok/off; the others show the paper's
+number and Δ with the reason instead.
 Statuses: ok (|Δ| <= tolerance), off (|Δ| > tolerance), missing (no completed run: the command is
 shown), metric not found (runs exist, the metric path finds nothing), null (every run writes the metric as
-null: a measure without a value, e.g. a loss never reached), no paper value, no tolerance,
-no reference (a relative row whose reference runs are missing). `--check` exits 1 on off/missing.
+null: a measure without a value, shown as `null_means`), no paper value, unverified, not comparable (its
+reason), no tolerance, no reference (a relative row whose reference runs are missing). `--check` exits 1 on
+off/missing.
+Besides the numbers, each CSV row keeps the mean over its runs of what runner.tables.facts reads from
+results.json (speedups, parameters, trainable share, size on disk, training time), so a committed table
+carries what the comparison needs.
 When several settings match one row (e.g. two learning rates), each gets its own line and a `variant`
 column names the keys that tell them apart.
 """

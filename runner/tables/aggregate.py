@@ -33,7 +33,9 @@ class Line:
     seeds: list[Any] = field(default_factory=list)
     paper: float | None = None
     tolerance: float | None = None
-    status: str = ""  # ok | off | missing | metric not found | null | no paper value | no tolerance | no reference
+    # ok | off | missing | metric not found | null | no paper value | unverified | not comparable | no tolerance |
+    # no reference
+    status: str = ""
     settings: dict[str, str] = field(default_factory=dict)
     variant: str = ""                # keys telling apart several settings that match one expected row
     relative_to: str = ""
@@ -47,12 +49,19 @@ class Line:
     run_dirs: list[str] = field(default_factory=list)
     plot: str = ""
     x: float | None = None
+    x_path: str = ""                 # the results.json path x was read from (expected.csv `x` not a number)
     x_label: str = ""
     series: str = ""
     earlier: str = ""                # the earlier table's CSV these numbers come from (runs not here)
     earlier_seeds: list[str] = field(default_factory=list)  # seeds of a line with runs here added from it
     values: dict[Any, float] = field(default_factory=dict)  # seed -> value (table units): what mean/std are of
     setting_key: str = ""            # runner.results.fingerprint of the setting (config less seed and paths)
+    verified: bool = False           # expected.csv: the paper value was checked in the paper's text
+    comparable: str = ""             # expected.csv: "yes" or why the paper's number is another measure
+    null_means: str = ""             # what a null result means ("never reached"); shown instead of a number
+    point: str = ""                  # expected.csv `point`: the comparison setting(s) of runner.tables.compare
+    facts: dict[str, float] = field(default_factory=dict)  # runner.tables.facts of the line's runs (mean)
+    committed: bool = False          # numbers from the recipe's committed results/ (no run here)
 
     @property
     def delta(self) -> float | None:
@@ -61,9 +70,14 @@ class Line:
         return self.mean - self.paper
 
     @property
+    def flaggable(self) -> bool:
+        """ok/off only against a verified paper number of the same task, model family and metric."""
+        return self.verified and self.comparable.lower() == "yes"
+
+    @property
     def flagged(self) -> bool:
         d = self.delta
-        return d is not None and self.tolerance is not None and abs(d) > self.tolerance + 1e-9
+        return self.flaggable and d is not None and self.tolerance is not None and abs(d) > self.tolerance + 1e-9
 
 
 def scaled(values: dict[Any, float], scale: float) -> dict[Any, float]:
@@ -89,6 +103,14 @@ def closest_group(groups: list[Group], to: dict[str, Any]) -> Group | None:
     return min(groups, key=lambda g: (len(setting_diff(g.config, to)), g.label()))
 
 
+def x_path(row: Expected) -> str:
+    try:
+        float(row.x)
+        return ""
+    except ValueError:
+        return row.x
+
+
 def x_value(row: Expected, runs: list[Run]) -> float | None:
     if not row.x:
         return None
@@ -108,7 +130,8 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
                 settings=row.settings, relative_to=row.relative_to, source=row.source, note=row.note,
                 command=row.fill_command(), failed=sum(r.status == "failed" for r in incomplete),
                 running=sum(r.status == "running" for r in incomplete), plot=row.plot, x_label=row.x_label,
-                series=row.series)
+                series=row.series, verified=row.verified, comparable=row.comparable, null_means=row.null_means,
+                point=row.point, x_path=x_path(row))
     with_metric = [g for g in candidates if g.values(row.metric)]
     if not with_metric:
         line = Line(**base, status="missing", x=x_value(row, []))
@@ -118,6 +141,9 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
             runs = [r for g in candidates for r in g.runs]
             line.status = "null" if all(r.raw(row.metric) is None for r in runs) else "metric not found"
             line.run_dirs = [str(r.path) for r in runs]
+            if line.status == "null":  # a result without a value: n counts the runs that reported it
+                line.n, line.seeds = len(runs), [r.seed for r in runs]
+                line.setting_key = candidates[0].key if len(candidates) == 1 else ""
         return [line]
     keys = varying_keys([g.config for g in with_metric])
     lines = []
@@ -146,14 +172,32 @@ def expected_lines(row: Expected, found: Collection) -> list[Line]:
         if None in values:  # a ratio of means (no common seeds): n is still the number of our runs
             line.n = len(group.values(row.metric))
         line.seeds = [s for s in values if s is not None] or group.seeds
+        line.facts = mean_facts(group.runs, row.metric)
         line.status = status(line)
         lines.append(line)
     return lines
 
 
+def mean_facts(runs: list[Run], metric: str) -> dict[str, float]:
+    """The mean over the runs of each fact runner.tables.facts reads (speedups, parameters, size, time)."""
+    from runner.tables.facts import run_facts
+
+    per_run = [run_facts(r.results, metric, r.path) for r in runs]
+    keys = dict.fromkeys(k for facts in per_run for k in facts)
+    return {k: statistics.fmean([f[k] for f in per_run if k in f]) for k in keys}
+
+
 def status(line: Line) -> str:
+    """The flag rules: ok/off only for a verified paper number of the same task, model family and metric
+    (expected.csv `verified`, `comparable`) with a tolerance; the others say why there is no flag."""
+    if line.mean is None and line.n:  # every run reported the metric as null: a result without a value
+        return "null"
     if line.paper is None:
         return "no paper value"
+    if not line.verified:
+        return "unverified"
+    if line.comparable.lower() != "yes":
+        return "not comparable"
     if line.tolerance is None:
         return "no tolerance"
     return "off" if line.flagged else "ok"

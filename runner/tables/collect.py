@@ -80,11 +80,15 @@ class Run:
         return None if found is MISSING else as_number(found)
 
 
-def find_runs(roots: list[Path]) -> list[Run]:
-    """Every run directory (a folder holding results.json) under the roots, each read once."""
+def find_runs(roots: list[Path], exclude: frozenset[Path] = frozenset()) -> list[Run]:
+    """Every run directory (a folder holding results.json) under the roots, each read once; folders in
+    `exclude` (resolved paths, e.g. a recipe's output root read through its table) are not walked."""
     runs, seen = [], set()
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
+            if exclude and Path(dirpath).resolve() in exclude:
+                dirnames[:] = []
+                continue
             if RESULTS in filenames:
                 dirnames[:] = []  # a run directory holds checkpoints and artefacts, never another run
                 path = Path(dirpath).resolve()
@@ -172,8 +176,8 @@ class Collection:
     duplicates: int = 0  # completed runs of a setting and seed already seen (an older copy elsewhere)
 
 
-def collect(roots: list[Path]) -> Collection:
-    runs = find_runs(roots)
+def collect(roots: list[Path], exclude: frozenset[Path] = frozenset()) -> Collection:
+    runs = find_runs(roots, exclude)
     counts = Counter(r.status for r in runs)
     by_key: dict[str, Group] = {}
     incomplete, duplicates = [], 0

@@ -15,7 +15,7 @@ from runner.tables.collect import MISSING, lookup
 
 # Columns with a fixed meaning; every other column is a setting: a dotted key of the run config.
 RESERVED = ("label", "metric", "value", "scale", "tolerance", "relative_to", "source", "note", "command",
-            "plot", "x", "x_label", "series")
+            "plot", "x", "x_label", "series", "verified", "comparable", "null_means", "point")
 # Metrics that results.json stores as fractions and papers print as percentages: their default scale is 100.
 FRACTION_METRICS = {"accuracy", "acc", "f1", "precision", "recall", "matthews_correlation", "mcc", "pearson",
                     "spearmanr", "spearman", "exact_match", "em", "combined_score"}
@@ -45,10 +45,19 @@ class Expected:
     x: str = ""                      # its x: a number, or a dotted path into results.json
     x_label: str = ""
     series: str = ""                 # line of the figure this point belongs to
+    verified: bool = False           # the paper's value was checked against the paper's own text
+    comparable: str = ""             # "yes", or why the paper's number is not ours: other task/model/metric
+    null_means: str = ""             # what a null result means for this metric (e.g. "never reached")
+    point: str = ""                  # the cross-method comparison's setting(s) this row describes ("|" between)
 
     @property
     def relative(self) -> bool:
         return bool(self.relative_to)
+
+    @property
+    def flaggable(self) -> bool:
+        """Only a verified number of the same task, model family and metric gets an ok/off flag."""
+        return self.verified and self.comparable.lower() == "yes"
 
     @property
     def unit_scale(self) -> float:
@@ -82,6 +91,13 @@ def parse_number(text: str, column: str, line: int) -> float | None:
         raise UserError(f"expected.csv line {line}: {column}={text!r} is not a number") from None
 
 
+def parse_verified(text: str, line: int) -> bool:
+    text = text.strip().lower()
+    if text not in ("", "yes", "no"):
+        raise UserError(f"expected.csv line {line}: verified={text!r}; write yes (checked in the paper's text) or no")
+    return text == "yes"
+
+
 def read_expected(path: Path) -> list[Expected]:
     """The rows of expected.csv. Lines starting with '#' are comments; empty cells mean 'not given'."""
     text = "".join(ln for ln in Path(path).read_text().splitlines(keepends=True) if not ln.lstrip().startswith("#"))
@@ -104,9 +120,14 @@ def read_expected(path: Path) -> list[Expected]:
             value=parse_number(cells.get("value", ""), "value", number),
             scale=parse_number(cells.get("scale", ""), "scale", number),
             tolerance=parse_number(cells.get("tolerance", ""), "tolerance", number),
+            verified=parse_verified(cells.get("verified", ""), number),
             **{k: cells.get(k, "") for k in ("relative_to", "label", "source", "note", "command", "plot", "x",
-                                              "x_label", "series")},
+                                              "x_label", "series", "comparable", "null_means", "point")},
         ))
+        row = rows[-1]
+        if row.value is not None and not row.comparable:
+            raise UserError(f"{path} row {number}: a paper value needs `comparable`: yes, or why not (other task, "
+                            "other model, other metric)")
     return rows
 
 

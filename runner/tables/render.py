@@ -7,13 +7,16 @@ from pathlib import Path
 
 from runner.tables.aggregate import Line, fmt
 from runner.tables.collect import Collection
+from runner.tables.facts import FACTS
 
 STATUS_MARK = {"ok": "ok", "off": "**off**", "no paper value": "ours only", "no tolerance": "no tolerance",
                "no reference": "no reference run", "metric not found": "**metric not found**",
-               "null": "null in every run (no value: see the recipe's README)"}
+               "unverified": "no flag: paper number not checked in the paper's text"}
 
 
 def ours_text(line: Line) -> str:
+    if line.status == "null":
+        return line.null_means or "null"
     if line.mean is None:
         return "—"
     return fmt(line.mean) + (f" ± {fmt(line.std)}" if line.std is not None else "")
@@ -31,21 +34,29 @@ def metric_text(line: Line) -> str:
     return line.metric + unit
 
 
-def status_text(line: Line) -> str:
+def status_text(line: Line, commands: dict[str, int] | None = None) -> str:
+    """The status cell; `commands` numbers the re-run commands of committed rows (listed under the table)."""
     if line.status == "missing":
         text = f"missing: `{line.command}`"
+    elif line.status == "not comparable":
+        text = f"no flag: {line.comparable}"
+    elif line.status == "null":
+        text = f"{line.null_means or 'null'} in every run (results.json holds null: see the recipe's README)"
     else:
         text = STATUS_MARK.get(line.status, line.status)
+    source = "committed" if line.committed else "earlier table"
     if line.earlier_seeds:
-        text += f" · seed{'s' if len(line.earlier_seeds) > 1 else ''} {', '.join(line.earlier_seeds)} from the earlier table"
+        text += f" · seed{'s' if len(line.earlier_seeds) > 1 else ''} {', '.join(line.earlier_seeds)} from the {source}"
     elif line.earlier:
-        text += " · earlier table"
+        text += f" · {source}"
+        if line.committed and commands and line.command in commands:
+            text += f" [r{commands[line.command]}]"
     extra = [f"{line.failed} failed" if line.failed else "", f"{line.running} running" if line.running else ""]
     extra = ", ".join(e for e in extra if e)
     return f"{text} ({extra}, excluded)" if extra else text
 
 
-def summary(found: Collection) -> list[str]:
+def summary(found: Collection, lines: list[Line] = ()) -> list[str]:
     c = found.counts
     done = c.get("completed", 0)
     others = {k: v for k, v in sorted(c.items()) if k != "completed"}
@@ -55,6 +66,9 @@ def summary(found: Collection) -> list[str]:
         text += "; excluded: " + ", ".join(f"{v} {k}" for k, v in others.items())
     if found.duplicates:
         text += f"; {found.duplicates} older duplicate(s) of a setting and seed ignored"
+    kept = sum(1 for line in lines if line.earlier and not line.earlier_seeds)
+    if kept:
+        text += f"; {kept} row(s) from the {'committed' if all(row.committed for row in lines if row.earlier) else 'earlier'} table"
     return [text + "."]
 
 
@@ -64,14 +78,17 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     head = ["setting", *(["variant"] if show_variant else []), "metric", "ours (mean ± std)", "n", "paper", "Δ",
             "tol", "status"]
     rows = []
+    # committed rows (no run here): each names the command that re-runs it, numbered [r1] ... under the table
+    commands = {c: i for i, c in enumerate(dict.fromkeys(
+        line.command for line in lines if line.committed and line.earlier and not line.earlier_seeds and line.command), 1)}
     for line in lines:
         paper = fmt(line.paper, 1 if line.paper is not None and round(line.paper, 1) == line.paper else 2)
         if line.source and paper:
             paper += f" [{sources.index(line.source) + 1}]"
         rows.append([line.label, *([line.variant] if show_variant else []), metric_text(line), ours_text(line),
                      str(line.n) if line.n else "", paper, delta_text(line), fmt(line.tolerance, 1),
-                     status_text(line)])
-    out = [f"## {title}", "", *summary(found)]
+                     status_text(line, commands)])
+    out = [f"## {title}", "", *summary(found, lines)]
     if lines:
         out += ["", *table(head, rows)]
     if sources:
@@ -80,12 +97,23 @@ def markdown(title: str, lines: list[Line], others: list[Line], found: Collectio
     if relative:
         out += ["", "Relative rows (ours = 100 × our metric / our reference run's, per seed):"]
         out += [f"- {line.label}: reference {line.reference}; absolute {fmt(line.absolute, 4)}" for line in relative]
-    earlier = list(dict.fromkeys(line.earlier for line in lines if line.earlier))
+    earlier = list(dict.fromkeys(line.earlier for line in lines if line.earlier and not line.committed))
     if earlier:
         out += ["", f"`earlier table`: numbers kept from {', '.join(map(shown, earlier))} (`--keep-earlier`): "
                     "those runs are not under the roots searched here; Δ and status use today's expected.csv. "
                     "`seeds … from the earlier table`: the seeds of the same setting (same config fingerprint) that "
                     "were not run again here are added to today's."]
+    committed = list(dict.fromkeys(line.earlier for line in lines if line.earlier and line.committed))
+    if committed:
+        out += ["", f"`committed`: no run of the row under the roots searched here; its numbers are the recipe's "
+                    f"committed table ({', '.join(map(shown, committed))}); Δ and status use today's expected.csv, and "
+                    "a run made here replaces the row (`--no-committed`: runs here only). Re-run a row with:"]
+        out += [f"- [r{i}] `{c}`" for c, i in commands.items()]
+    unflagged = [line for line in lines if line.status in ("unverified", "not comparable")]
+    if unflagged:
+        out += ["", "No flag: a paper number gets ok/off only when it was checked in the paper's text (expected.csv "
+                    "`verified`) and measures what we measure (`comparable`: same task, model family and metric); "
+                    "otherwise the table shows it and Δ with the reason."]
     # one note per expected.csv row, however many variants (seeds-apart settings) the row matched
     notes = list(dict.fromkeys(f"- {line.label}: {line.note}" for line in lines if line.note))
     if notes:
@@ -116,7 +144,8 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 CSV_COLUMNS = ["label", "variant", "metric", "scale", "mean", "std", "n", "seeds", "paper", "delta", "tolerance",
                "flag", "status", "relative_to", "reference", "absolute", "failed", "running", "source", "note",
-               "command", "settings", "run_dirs", "x", "earlier", "values", "setting"]
+               "command", "settings", "run_dirs", "x", "earlier", "values", "setting", "verified", "comparable",
+               "null_means", "point", "committed", *FACTS]
 
 
 def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
@@ -130,8 +159,10 @@ def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
                 int(line.flagged), line.status, line.relative_to, line.reference, _num(line.absolute), line.failed,
                 line.running, line.source, line.note, line.command if line.status == "missing" else "",
                 ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(map(shown, line.run_dirs)),
-                _num(line.x), line.earlier, " ".join(f"{seed}:{v!r}" for seed, v in line.values.items()),
-                line.setting_key,
+                _num(line.x), shown(line.earlier) if line.earlier else "", " ".join(f"{seed}:{v!r}" for seed, v in line.values.items()),
+                line.setting_key, "yes" if line.verified else ("no" if line.paper is not None else ""),
+                line.comparable, line.null_means, line.point, int(line.committed),
+                *(_num(line.facts.get(k)) for k in FACTS),
             ])
 
 
@@ -154,7 +185,7 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
 
 def tex(text: str) -> str:
     escaped = "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
-    return escaped.replace("×", r"$\times$").replace("±", r"$\pm$").replace("—", "--")
+    return escaped.replace("×", r"$\times$").replace("±", r"$\pm$").replace("—", "--").replace("†", r"$^\dagger$")
 
 
 def latex(title: str, lines: list[Line]) -> str:

@@ -12,6 +12,7 @@ from runner.tables.collect import MISSING, Collection, collect, lookup
 from runner.tables.expected import read_expected
 
 EXPECTED = "expected.csv"
+RESULTS_DIR = "results"  # a recipe's committed tables: recipes/<paper>/results/<paper>.csv
 DEFAULT_ROOT = "${oc.env:PLM_OUTPUT_ROOT,outputs}"  # conf/paths/default.yaml's output_root
 
 
@@ -61,13 +62,20 @@ def recipe_roots(recipe: Path) -> list[Path]:
     return list(dict.fromkeys(roots)) or [resolve_root(DEFAULT_ROOT)]
 
 
+def committed_table(recipe: Path) -> Path:
+    """The recipe's committed table CSV (recipes/<paper>/results/<paper>.csv)."""
+    return recipe / RESULTS_DIR / f"{recipe.resolve().name}.csv"
+
+
 def make_table(path: Path | str, runs: list[Path] | None = None, out: Path | None = None,
-               write: bool = True, keep_earlier: bool = False) -> Table:
+               write: bool = True, keep_earlier: bool = False, committed: bool = True) -> Table:
     """Build the table of a recipe folder (expected.csv + experiment files) or of an outputs folder.
 
     runs: folders to search instead of the recipe's output roots. out: where the files go
-    (default <first output root>/tables). write=False only renders (no files). keep_earlier: rows with no
-    run here keep the numbers of the table already at out (runner/tables/earlier.py)."""
+    (default <first output root>/tables, under outputs/: a recipe's own files change only when out names
+    them). write=False only renders (no files). Rows with no run here take the numbers of an earlier table
+    (runner/tables/earlier.py): keep_earlier, the table already at out; else, with committed, the recipe's
+    committed results/ (rows marked `committed`)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such folder; pass a recipe (recipes/<paper>) or an outputs folder")
@@ -81,10 +89,14 @@ def make_table(path: Path | str, runs: list[Path] | None = None, out: Path | Non
     else:
         lines, others = [], [group_line(g) for g in found.groups]
     out = Path(out) if out else roots[0] / "tables"
-    if keep_earlier:
-        from runner.tables.earlier import keep_earlier as keep
+    from runner.tables.earlier import keep_earlier as keep
 
-        lines = keep(lines, out / f"{name}.csv")
+    mine = committed_table(path) if recipe else None
+    if keep_earlier:
+        earlier = out / f"{name}.csv"
+        lines = keep(lines, earlier, committed=bool(mine and earlier.resolve() == mine.resolve()))
+    elif committed and mine is not None and mine.exists() and lines:
+        lines = keep(lines, mine, committed=True)
     from runner.tables.render import markdown
 
     table = Table(name, markdown(name, lines, others, found), lines, others, found)
