@@ -132,7 +132,7 @@ def fine_tuned(ctx, stages: Stages, name: str, *, model_cfg=None, base_run: str 
     the stage cache, so every run that needs the same fine-tuned model computes it once. `check(model)`
     runs before any training (a method's one-line refusals). `train_dataset`: train on these rows instead of
     the task's training split (e.g. a seeded subset), named in the stage key by `data_key` (required with it,
-    e.g. {"rows": 1000, "seed": 1}), so a model trained on other rows is never shared as this one."""
+    e.g. {"labelled_subset": 1000, "seed": 1}), so a model trained on other rows is never shared as this one."""
     from runner.evaluation import evaluate
     from runner.train import fit
 

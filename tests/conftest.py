@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,25 @@ def safe_rglob(root: Path, pattern: str) -> list[Path]:
         except FileNotFoundError:
             continue
     return []
+
+
+def kill_when(args: list[str], ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    """Start `python -m runner *args`, SIGKILL it as soon as `ready()` holds and wait for it: the kill -9 of
+    the resume tests. Fails when the run ends before (`what`: the point it should have reached)."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before {what}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def checkpoint_reached(root: Path, step: int, where: Callable[[Path], bool] = lambda p: True) -> Callable[[], bool]:
+    """A `kill_when` condition: a complete checkpoint (trainer_state.json written) at `step` or later under
+    `root`, among those `where` accepts."""
+    def ready() -> bool:
+        return any(int(p.name.split("-")[1]) >= step for p in safe_rglob(root, "checkpoint-*")
+                   if (p / "trainer_state.json").exists() and where(p))
+    return ready

@@ -112,6 +112,14 @@ def test_run_facts_read_each_family_layout(tmp_path):
                       "accuracy", tmp_path)
     assert facts == {"parameters": 200.0, "trainable_pct": 25.0, "size_mb": 2.0, "train_s": 3.5}
     assert run_facts({"saved": {"bytes": 300_000}}, "accuracy", tmp_path)["size_mb"] == pytest.approx(0.3)
+    # a compress chain deploys its last step: named by `deployed`, or by the last row of `steps` without it
+    chain = {"1x64": {"speedup": {"dense": 1.0, "prune": 1.6, "prune+quantize": 3.6}}, "reference": "dense"}
+    steps = [{"chain": "prune", "parameters": 18, "size_mb": 72.0}, {"chain": "prune+quantize", "parameters": 18,
+                                                                      "size_mb": 54.0}]
+    expect = {"speed_1x64": 3.6, "parameters": 18.0, "size_mb": 54.0}
+    assert run_facts({"speed": chain, "steps": steps}, "accuracy") == expect
+    deployed = {"model": "prune+quantize", "parameters": 18, "size_mb": 54.0}
+    assert run_facts({"speed": chain, "steps": steps[:1], "deployed": deployed}, "accuracy") == expect
 
 
 def test_compare_cli_writes_the_table_plots_and_a_self_contained_page(tmp_path, capsys):

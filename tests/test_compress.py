@@ -5,16 +5,11 @@ MoEfied and pruned models from step to step, and refuses orders that cannot run 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_SST2, run_cli, safe_rglob
+from tests.conftest import TINY_SST2, kill_when, run_cli, safe_rglob
 from tests.test_bad_input import error_line
 
 ARGS = [*TINY_SST2, "method=compress", "method.distill.student_layers=[1]", "method.speed_repeats=1",
@@ -60,17 +55,8 @@ def test_a_chain_reports_every_step_and_skips_when_complete(tmp_path, shared_dat
 def test_killed_between_steps_resumes_without_redoing_finished_steps(tmp_path, shared_data):
     root = tmp_path / "killed"
     common = [*ARGS, *QUANT, f"data_dir={shared_data}", f"paths.output_root={root}"]
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline, first = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        first = next(iter(safe_rglob(root, "step1-prune/done.json")), None)
-        if first is not None:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None and first is not None, "the chain finished (or failed) before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(common, lambda: bool(safe_rglob(root, "step1-prune/done.json")), "its first step was done")
+    first = next(iter(safe_rglob(root, "step1-prune/done.json")))
     assert not list(safe_rglob(root, "step3-quantize/done.json"))
     stamp = first.stat().st_mtime_ns
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, TINY_SST2, compose, run_cli, safe_rglob
+from tests.conftest import ROOT, TINY_SST2, compose, kill_when, run_cli, safe_rglob
 
 ARGS = ["method=distill", *TINY_SST2, "method.student_layers=[0]"]
 
@@ -27,16 +22,8 @@ def student_checkpoints(root):
 
 def test_kd_end_to_end_resumes_when_killed_and_skips_when_complete(tmp_path, shared_data):
     common = [*ARGS, "task.max_train_samples=1024", f"data_dir={shared_data}", f"paths.output_root={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common], cwd=ROOT, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(int(p.name.split("-")[1]) >= 16 for p in student_checkpoints(tmp_path)):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before the student's training could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(common, lambda: any(int(p.name.split("-")[1]) >= 16 for p in student_checkpoints(tmp_path)),
+              "the student's training could be killed")
     run_dir = next(tmp_path.rglob("results.json")).parent
     assert json.loads((run_dir / "results.json").read_text())["status"] == "running"
 
@@ -240,7 +227,6 @@ def test_recipe_arms_never_share_a_run_directory():
     """The arms differ in keys set in their YAML body; the sweep puts them in the directory name too."""
     import yaml
 
-    from tests.conftest import ROOT
 
     seen = set()
     for arm in ("ce", "kd", "tinybert", "sinkd", "tinybert4"):

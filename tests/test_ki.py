@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, compose, run_cli, safe_rglob
+from tests.conftest import ROOT, checkpoint_reached, compose, kill_when, run_cli
 from tests.test_pretrain import TINY_MLM
 
 # tiny-bert student, tiny-bert teacher pre-trained for 20 steps as a stage, KI decaying over 20 of 40 steps.
@@ -114,19 +109,10 @@ def test_killed_ki_run_resumes_to_the_same_metrics(tmp_path, shared_data):
     expected, _ = results(tmp_path / "whole")
 
     root = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common, f"paths.output_root={root}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        # the student's own checkpoints (run_dir/checkpoints), not the teacher stage's
-        done = [p for p in safe_rglob(root, "checkpoint-*") if p.parent.name == "checkpoints"
-                and (p.parent.parent / "results.json").exists() and (p / "trainer_state.json").exists()]
-        if any(int(p.name.split("-")[1]) >= 20 for p in done):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # the student's own checkpoints (run_dir/checkpoints), not the teacher stage's
+    own = checkpoint_reached(root, 20, lambda p: p.parent.name == "checkpoints"
+                             and (p.parent.parent / "results.json").exists())
+    kill_when([*common, f"paths.output_root={root}"], own, "the student's checkpoint at step 20")
     partial, _ = results(root)
     assert partial["status"] == "running"
 
@@ -142,8 +128,6 @@ def test_killed_ki_run_resumes_to_the_same_metrics(tmp_path, shared_data):
 
 def test_recipe_schedules_never_share_a_run_directory():
     import yaml
-
-    from tests.conftest import ROOT
 
     keys = set()
     for name in ("comparison", "constant", "step"):

@@ -7,11 +7,6 @@ tiny-bert with a few hundred SST-2 rows.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +15,7 @@ import transformers as tf
 from runner.errors import UserError
 from runner.models import arch
 from runner.moe import collect, module, router, split
-from tests.conftest import ROOT, TINY_SST2, compose, run_cli, safe_rglob
+from tests.conftest import TINY_SST2, compose, kill_when, run_cli, safe_rglob
 
 VOCAB = 100
 TINY = {
@@ -267,14 +262,7 @@ ARGS = ["method=moefication", *TINY_SST2, "task.max_train_samples=128", "method.
 
 def test_killed_run_resumes_at_its_first_missing_stage_and_grid_cells_share_stages(tmp_path, shared_data):
     common = [*ARGS, f"data_dir={shared_data}", f"paths.output_root={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common], cwd=ROOT, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not safe_rglob(tmp_path, "dense/done.json"):
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before its dense stage was done"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(common, lambda: bool(safe_rglob(tmp_path, "dense/done.json")), "its dense stage was done")
     run_dir = next(tmp_path.rglob("dense/done.json")).parent.parent
     assert json.loads((run_dir / "results.json").read_text())["status"] == "running"
     assert not (run_dir / "eval" / "done.json").exists()

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from tests.conftest import ROOT, run_cli, safe_rglob
+from tests.conftest import checkpoint_reached, kill_when, run_cli
 
 # A tiny-bert MLM run of a few dozen steps on WikiText-2 (a few seconds of CPU).
 TINY_MLM = [
@@ -83,17 +78,7 @@ def test_killed_pretrain_run_resumes_to_the_same_loss(tmp_path, shared_data):
     expected, whole_dir = results(tmp_path / "whole")
 
     root = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common, f"paths.output_root={root}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done = [p for p in safe_rglob(root, "checkpoint-*") if (p / "trainer_state.json").exists()]
-        if any(int(p.name.split("-")[1]) >= 20 for p in done):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*common, f"paths.output_root={root}"], checkpoint_reached(root, 20), "its checkpoint at step 20")
     partial, _ = results(root)
     assert partial["status"] == "running"
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from runner.models import arch
-from tests.conftest import TINY_SST2, run_cli
+from tests.conftest import ROOT, TINY_SST2, run_cli
 
 TINY = [a for a in TINY_SST2 if not a.startswith("model=")]
 
@@ -31,6 +33,7 @@ def results(tmp_path) -> dict:
     ["method.pruner=movement", "method.scope=global"],
     ["method.pruner=heads", "method.order_seed=1"],  # an order seed without the random order
     ["method.pruner=heads", "method.head_importance=entropy"],
+    ["method.dense_epochs=0"],
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, shared_data, args):
     proc = cli(tmp_path, "model=tiny-bert", *args)
@@ -150,3 +153,38 @@ def test_random_head_order_control_reuses_one_dense_model_across_order_seeds(tmp
         assert r["dense"]["accuracy"] == runs[0]["dense"]["accuracy"]  # one dense model under both orders
         assert sum(map(len, r["removed_heads"])) == 4
         assert "train" not in r  # no recovery: test-time removal, as the gradient curve
+
+
+def test_dense_epochs_sets_the_dense_stage_apart_from_the_pruning_run(tmp_path, shared_data):
+    """method.dense_epochs: the dense fine-tune (KD teacher, % of dense reference) trains its own epochs, so a
+    longer pruning run keeps the shorter runs' dense model (the same stage key)."""
+    common = ("model=tiny-bert", "method.pruner=magnitude", "method.sparsity=0.5", "method.alpha_kd=0.5")
+    short = cli(tmp_path / "short", *common, "train.epochs=0.5")
+    assert short.returncode == 0, short.stderr[-3000:]
+    longer = cli(tmp_path / "long", *common, "train.epochs=1", "method.dense_epochs=0.5")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    done = {name: json.loads(next((tmp_path / name).rglob("dense/done.json")).read_text()) for name in ("short", "long")}
+    assert done["long"]["key"]["train"]["epochs"] == 0.5
+    assert done["long"]["digest"] == done["short"]["digest"]  # the same dense model as the 0.5-epoch run's
+    assert results(tmp_path / "long")["dense"]["accuracy"] == results(tmp_path / "short")["dense"]["accuracy"]
+
+
+def test_movement_diagnostic_traces_a_tiny_run(tmp_path, shared_data):
+    """recipes/movement-pruning/diagnose.py (the README's collapse diagnosis) runs the recipe's fine-pruning with its
+    probe and writes one trace line per probe; --summary prints them."""
+    script = ROOT / "recipes" / "movement-pruning" / "diagnose.py"
+    args = [str(script), "--sparsity", "0.75", "--out", str(tmp_path), "--every", "4", "--probe-size", "16",
+            "model=tiny-bert", "task.max_train_samples=128", "task.max_eval_samples=32", "task.max_length=32",
+            "train.epochs=1", "train.batch_size=16", "method.alpha_kd=0", f"data_dir={shared_data}"]
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "movement-0.75-seed1" / "trace.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 4, 8]
+    assert rows[-1]["level"] == pytest.approx(0.75) and rows[-1]["w_in"]["kept"] == pytest.approx(0.25, abs=0.01)
+    assert len(rows[-1]["layers"]) == 2 and 0 <= rows[-1]["pooled_cos"] <= 1.0001
+    out = subprocess.run([sys.executable, str(script), "--summary", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "movement-0.75-seed1" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--summary", str(tmp_path / "none")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --summary")

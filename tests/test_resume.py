@@ -4,13 +4,8 @@ metrics as an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from tests.conftest import ROOT, TINY_SST2, run_cli, safe_rglob
+from tests.conftest import TINY_SST2, checkpoint_reached, kill_when, run_cli
 
 ARGS = [*TINY_SST2, "task.max_train_samples=1024", "train.epochs=2", "train.save_steps=10"]
 
@@ -22,17 +17,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, shared_data):
     expected = json.loads(next((tmp_path / "whole").rglob("results.json")).read_text())
 
     root = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *common, f"paths.output_root={root}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done = [p for p in safe_rglob(root, "checkpoint-*") if (p / "trainer_state.json").exists()]
-        if any(int(p.name.split("-")[1]) >= 30 for p in done):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*common, f"paths.output_root={root}"], checkpoint_reached(root, 30), "its checkpoint at step 30")
     partial = json.loads(next(root.rglob("results.json")).read_text())
     assert partial["status"] == "running"
 

@@ -154,7 +154,7 @@ def test_the_known_incomparable_rows_carry_no_flag(tmp_path):
     MiniLM against unchecked T5-Large figures: Δ shown, no ok/off."""
     for name, label in (("movement-pruning", "movement, 10% remaining, % of dense"),
                         ("distill", "SST-2 3L: student speedup over the teacher at 32x128"),
-                        ("moefication", "param-cluster / MLP @20%, % of dense")):
+                        ("moefication", "param-cluster / MLP @20%, GELU, % of its dense")):
         lines = [line for line in make_table(ROOT / "recipes" / name, runs=[tmp_path / "none"], write=False).lines
                  if line.label == label]
         assert lines and all(line.status in ("unverified", "not comparable") and line.delta is not None

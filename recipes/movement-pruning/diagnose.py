@@ -10,6 +10,10 @@ of dev sentences (eval mode, no grad: the training trajectory is that of a plain
     masks      per matrix kind (q, k, v, o, w_in, w_out): the kept share, the churn (share of the kept entries
                that were not kept at the previous probe), the share of rows and of columns left empty
     scores     per kind: mean, std and the score at the top-k boundary (movement)
+    outliers   per kind: the share of the pruned entries that sit in the 1% of input columns with the largest
+               |token mean| (the residual stream's outlier dimensions; 1% if pruning ignored them), and what the
+               pruned entries contributed to the matrix's output before they went: its token mean (the part
+               every token shares) and its token deviations, each as a share of the whole matrix's
     residual   per layer: ||attention out|| / ||residual in||, ||FFN out|| / ||residual in|| (token means), and
                how constant each sublayer's output is over the tokens (||token mean|| / mean token norm: 1 = the
                same vector for every token, what pruned weights leave when only the biases speak)
@@ -75,8 +79,8 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
     import torch
     from transformers import TrainerCallback
 
-    from runner.tasks.collators import collator, model_inputs
     from runner.models import arch
+    from runner.tasks.collators import collator, model_inputs
 
     dev = ctx.data["validation"]
     dev = dev.select(range(min(probe_size, len(dev))))
@@ -86,8 +90,14 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
     class Probe(TrainerCallback):
         def __init__(self):
             self.previous: dict[str, torch.Tensor] = {}
+            self.inputs: dict[int, torch.Tensor] = {}  # id(Linear) -> |token mean| of each input column
             self.schedule = None
             self.last_loss = None
+            self.stop_at = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.stop_at is not None and state.global_step >= self.stop_at:
+                control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -107,20 +117,20 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
                 row["level"] = self.schedule.level(step)
             if optimizer is not None:
                 row["lr"] = [g["lr"] for g in optimizer.param_groups]
-            row.update(masks_and_scores(model, self.previous))
             was_training = model.training
             model.eval()
             try:
                 row.update(residual_and_outputs(model, batch, labels))
             finally:
                 model.train(was_training)
+            row.update(masks_and_scores(model, self.previous, self.inputs))
             with trace.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"probe step {step}: level {row.get('level', 0):.3f} dev acc {row['acc']:.3f} "
                   f"loss {row['loss']:.3f} majority {row['majority']:.2f} pooled cos {row['pooled_cos']:.3f}",
                   flush=True)
 
-    def masks_and_scores(model, previous) -> dict:
+    def masks_and_scores(model, previous, inputs) -> dict:
         from torch.nn.utils import parametrize
 
         kinds = kinds_of(model)
@@ -135,6 +145,24 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
             stats.setdefault("kept", []).append(float(kept.float().mean()))
             stats.setdefault("empty_rows", []).append(float((~kept.any(dim=1)).float().mean()))
             stats.setdefault("empty_cols", []).append(float((~kept.any(dim=0)).float().mean()))
+            x = inputs.get(id(module))
+            pruned = ~kept
+            if x is not None and pruned.any():
+                mean = x.mean(0)
+                # the 1% of input columns with the largest |token mean| (the residual stream's outlier dimensions):
+                # their share of the pruned entries, against their share of all entries (1%)
+                top = torch.topk(mean.abs(), max(1, mean.numel() // 100)).indices
+                stats.setdefault("pruned_in_outlier_cols", []).append(
+                    float(pruned[:, top].sum() / pruned.sum()))
+                # what the pruned entries contributed to the output: its token mean (the part common to every
+                # token) and its deviations (what tells tokens apart), each as a share of the whole matrix's
+                w = module.parametrizations.weight.original.detach().float()
+                w_pruned = w * pruned.float()
+                dev = x - mean
+                stats.setdefault("pruned_const_share", []).append(
+                    float((w_pruned @ mean).norm() / (w @ mean).norm().clamp(min=1e-12)))
+                stats.setdefault("pruned_token_share", []).append(
+                    float((dev @ w_pruned.T).norm() / (dev @ w.T).norm().clamp(min=1e-12)))
             if name in previous:
                 before = previous[name]
                 stats.setdefault("churn", []).append(float((kept & ~before).sum() / max(int(kept.sum()), 1)))
@@ -152,6 +180,14 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
     def residual_and_outputs(model, batch, labels) -> dict:
         outs: dict[str, list] = {"att": [], "ffn": []}
         hooks = []
+        mask = batch["attention_mask"].bool()
+        pruned_ids = kinds_of(model)
+        for module in (m for m in model.modules() if id(m) in pruned_ids):
+            def remember(m, args, mask=mask):  # the input tokens (padding excluded), at most 512 of them
+                x = args[0].detach()
+                x = x[mask].float() if x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1]).float()
+                probe.inputs[id(m)] = x[:: max(1, x.shape[0] // 512)]
+            hooks.append(module.register_forward_pre_hook(remember))
         for att in arch.attentions(model, "self", "encoder"):
             hooks.append(att.o.register_forward_hook(lambda m, i, o: outs["att"].append(o.detach())))
         for ffn in arch.ffns(model, stack="encoder"):
@@ -191,7 +227,8 @@ def make_probe(ctx, every: int, probe_size: int, trace: Path):
         row["pooled_cos"] = float((cos.sum() - n) / (n * (n - 1)))
         return row
 
-    return Probe()
+    probe = Probe()
+    return probe
 
 
 def run_one(args, overrides: list[str]) -> Path:
@@ -202,7 +239,7 @@ def run_one(args, overrides: list[str]) -> Path:
     from runner.run import make_context
     from runner.stages import Stages
 
-    name = f"{args.pruner}-{args.sparsity}-seed{args.seed}"
+    name = args.name or f"{args.pruner}-{args.sparsity}-seed{args.seed}"
     run_dir = Path(args.out) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     trace = run_dir / "trace.jsonl"
@@ -214,6 +251,7 @@ def run_one(args, overrides: list[str]) -> Path:
     hardware.apply(ctx.hardware)
     set_seed(ctx.seed)
     probe = make_probe(ctx, args.every, args.probe_size, trace)
+    probe.stop_at = args.stop_at
     stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, "prune")
     original = prune.Schedule.on_train_begin
 
@@ -237,7 +275,8 @@ def summary(folder: Path, steps: list[int] | None = None) -> None:
         final = json.loads(result.read_text())["metrics"].get("accuracy") if result.exists() else None
         print(f"\n== {trace.parent.name}: final dev accuracy {final}")
         print(f"{'step':>5} {'level':>6} {'lr_w':>8} {'lr_s':>8} {'acc':>6} {'loss':>6} {'maj':>5} {'cos':>6} "
-              f"{'churn':>6} {'erow':>5} {'ecol':>5} {'att/res':>8} {'ffn/res':>8} {'att_c':>6} {'ffn_c':>6}")
+              f"{'churn':>6} {'erow':>5} {'ecol':>5} {'att/res':>8} {'ffn/res':>8} {'att_c':>6} {'ffn_c':>6} {'outl%':>6} "
+              f"{'pr_mean':>7} {'pr_tok':>6}")
         for r in rows:
             if steps and r["step"] not in steps:
                 continue
@@ -253,7 +292,10 @@ def summary(folder: Path, steps: list[int] | None = None) -> None:
                   f"{r['loss']:>6.3f} {r['majority']:>5.2f} {r['pooled_cos']:>6.3f} {mean(churn):>6.3f} "
                   f"{mean([k['empty_rows'] for k in kinds]):>5.3f} {mean([k['empty_cols'] for k in kinds]):>5.3f} "
                   f"{mean([x['att_ratio'] for x in layers]):>8.3f} {mean([x['ffn_ratio'] for x in layers]):>8.3f} "
-                  f"{mean([x['att_constant'] for x in layers]):>6.3f} {mean([x['ffn_constant'] for x in layers]):>6.3f}")
+                  f"{mean([x['att_constant'] for x in layers]):>6.3f} {mean([x['ffn_constant'] for x in layers]):>6.3f} "
+                  f"{100 * mean([k['pruned_in_outlier_cols'] for k in kinds if 'pruned_in_outlier_cols' in k]):>6.1f} "
+                  f"{mean([k['pruned_const_share'] for k in kinds if 'pruned_const_share' in k]):>7.3f} "
+                  f"{mean([k['pruned_token_share'] for k in kinds if 'pruned_token_share' in k]):>6.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.9, help="share pruned (0.9 = 10%% remaining)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="/tmp/mvp-diag", help="folder of the diagnostic runs (not outputs/)")
+    parser.add_argument("--name", help="folder of this run under --out (default <pruner>-<sparsity>-seed<seed>)")
     parser.add_argument("--every", type=int, default=10, help="probe every this many optimizer steps")
     parser.add_argument("--probe-size", type=int, default=128, help="dev sentences in the probe batch")
+    parser.add_argument("--stop-at", type=int, help="stop training at this step (the schedule still spans the "
+                        "whole run): a cheap look at the first pruning steps")
     parser.add_argument("--summary", metavar="FOLDER", help="print the traces under FOLDER and exit")
     parser.add_argument("--steps", type=int, nargs="*", help="with --summary: only these steps")
     args, overrides = parser.parse_known_args(argv)

@@ -59,6 +59,7 @@ class Config:
     pruner: str = "movement"
     base_run: str | None = None
     teacher_run: str | None = None
+    dense_epochs: float | None = None
     start: Literal["pretrained", "dense"] = "pretrained"
     matrices: list[str] = field(default_factory=lambda: ["attention", "ffn"])
     sparsity: float = 0.9
@@ -100,6 +101,8 @@ class Config:
             raise ValueError(f"method.alpha_kd={self.alpha_kd} is outside [0, 1]")
         if not 0 < self.head_step <= 1 or not 0 <= self.threshold < 1 or not 0 <= self.min_keep <= 1:
             raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
+        if self.dense_epochs is not None and self.dense_epochs <= 0:
+            raise ValueError(f"method.dense_epochs={self.dense_epochs} must be > 0, or null (= train.epochs)")
         if self.update_every < 1 or self.importance_batches < 1 or self.recovery_epochs < 0:
             raise ValueError("method.update_every and method.importance_batches must be >= 1, recovery_epochs >= 0")
         if self.order_seed is not None and self.head_importance != "random":
@@ -131,12 +134,20 @@ def check_structure(ctx) -> None:
                         "method.allow_empty_layers=true")
 
 
+def dense_stage(ctx, stages):
+    """The dense fine-tune (shared stage): base_run, or the model fine-tuned here with train.*, for
+    method.dense_epochs epochs when set (a longer pruning run keeps the dense model of the shorter ones)."""
+    cfg: Config = ctx.method
+    train = None if cfg.dense_epochs is None else dataclasses.replace(ctx.train, epochs=cfg.dense_epochs, max_steps=-1)
+    return artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run, train=train)
+
+
 def dense_model(ctx, stages, kd: bool = False):
     """The fine-tuned dense model (base_run, or fine-tuned here and shared through the stage cache), its
     metrics, the KD teacher (method.teacher_run, default the dense model itself) and, when there is KD
     (`kd`) and method.cache_teacher, the teacher's logits on the training set."""
     cfg: Config = ctx.method
-    stage = artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run)
+    stage = dense_stage(ctx, stages)
     model = artifacts.load_model_dir(ctx, stage.path / "model")
     teacher, teacher_id = model, stage.digest
     if kd and cfg.teacher_run:
@@ -194,7 +205,7 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     if cfg.alpha_kd > 0 or cfg.start == "dense":
         _, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
     model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
-        ctx, artifacts.fine_tuned(ctx, stages, "dense", base_run=cfg.base_run).path / "model")
+        ctx, dense_stage(ctx, stages).path / "model")
     if cfg.freeze_embeddings:
         select_trainable(model, [r"embeddings\."], [])
     modules = masks.select(model, cfg.matrices)

@@ -50,12 +50,22 @@ def deployed_name(speedups: dict[str, Any], reference: Any, metric: str) -> str 
     return others[0] if len(others) == 1 else None
 
 
+def chain_end(results: dict[str, Any]) -> dict[str, Any]:
+    """A compress chain deploys its last step: results.json written before the `deployed` field name it
+    through `steps` (chain, parameters, size_mb of the last row); {} for every other method."""
+    steps = results.get("steps")
+    last = steps[-1] if isinstance(steps, list) and steps and isinstance(steps[-1], dict) else {}
+    return {"model": last.get("chain"), "parameters": last.get("parameters"), "size_mb": last.get("size_mb")} if last else {}
+
+
 def run_facts(results: dict[str, Any], metric: str = "", run_dir: Path | None = None) -> dict[str, float]:
-    """The measured facts of one run (keys of FACTS that it reports)."""
+    """The measured facts of one run (keys of FACTS that it reports): of the model its `metric` scores."""
+    if metric.startswith("dense."):  # the run's dense reference: the model every speedup is measured against
+        return reference_facts(results.get("dense") if isinstance(results.get("dense"), dict) else {})
     out: dict[str, float] = {}
     speed = results.get("speed")
     # methods that time several models (quantize, compress) name the one they deploy
-    deployed = results.get("deployed") if isinstance(results.get("deployed"), dict) else {}
+    deployed = results.get("deployed") if isinstance(results.get("deployed"), dict) else chain_end(results)
     if isinstance(speed, dict):
         for key, shape in SHAPES.items():
             speedups = (speed.get(shape) or {}).get("speedup") or {}
@@ -65,14 +75,15 @@ def run_facts(results: dict[str, Any], metric: str = "", run_dir: Path | None = 
                 out[key] = value
     peft = results.get("trainable") if isinstance(results.get("trainable"), dict) else {}
     params = results.get("parameters") if isinstance(results.get("parameters"), dict) else {}
-    total = as_number(peft.get("total")) or as_number(params.get("total")) or as_number(deployed.get("parameters"))
+    # a chain's or int8 model's own count before the run's model as built (the dense one it starts from)
+    total = as_number(peft.get("total")) or as_number(deployed.get("parameters")) or as_number(params.get("total"))
     if total:
         out["parameters"] = total
     percent = as_number(peft.get("percent"))
     trainable = as_number(params.get("trainable"))
     if percent is not None:
         out["trainable_pct"] = percent
-    elif trainable is not None and as_number(params.get("total")):
+    elif trainable is not None and as_number(params.get("total")) and not deployed:  # else: of the model as built
         out["trainable_pct"] = 100 * trainable / as_number(params.get("total"))
     saved = as_number(lookup(results, "saved.bytes")) if lookup(results, "saved.bytes") is not MISSING else None
     size = saved if saved is not None else folder_bytes(run_dir / "model") if run_dir else None
@@ -83,6 +94,16 @@ def run_facts(results: dict[str, Any], metric: str = "", run_dir: Path | None = 
     runtime = lookup(results, "train.train_runtime")
     if as_number(runtime) is not None:
         out["train_s"] = as_number(runtime)
+    return out
+
+
+def reference_facts(dense: dict[str, Any]) -> dict[str, float]:
+    """Facts of a run's dense reference (results.json `dense`): speedup 1.0 (the speedups' denominator), and
+    the parameters and size it records."""
+    out = {"speed_1x64": 1.0, "speed_32x128": 1.0}
+    for key in ("parameters", "size_mb"):
+        if as_number(dense.get(key)) is not None:
+            out[key] = as_number(dense.get(key))
     return out
 
 

@@ -143,6 +143,9 @@ def fill_from_lines(point: Point, rows: list[tuple[Line, str]], settings: dict[s
             scale = default_scale(line.metric.split("@")[0])  # the relative row's own runs, before dividing
             point.metric_name, point.metric = line.metric, (line.absolute * scale, None, line.n)
             point.notes["metric"] = "mean of the runs behind the % of dense row (no spread kept)"
+    if point.relative[0] is None and point.metric[0] is not None and point.metric_name.startswith("dense."):
+        point.relative, point.reference = (100.0, None, point.metric[2]), "itself (the dense model)"
+
     def take(line: Line, role: str) -> None:
         if role in (*FACTS, "trainable_count") and role not in point.values and line.mean is not None:
             point.values[role] = line.mean / 1e6 if role == "size_mb" else line.mean
