@@ -123,3 +123,34 @@ def test_a_pruned_model_cut_to_fewer_layers_keeps_each_layers_shapes_and_reloads
     reloaded = load_model(ModelConfig(name="pruned", family="bert"), "classification", num_labels=3, path=str(saved))
     with torch.no_grad():
         assert torch.allclose(reloaded(**x).logits, expected, atol=1e-6)
+
+
+@pytest.mark.slow  # two chains and the script: ~75 s (make test-full)
+def test_layer_choice_diagnostic_compares_two_distilled_chains(tmp_path, shared_data):
+    """recipes/bmcook/diagnose_layers.py (the README's layer-choice section): two prune -> distill chains that
+    differ in the student's layers; the kept consecutive prefix has no input shift, a skipped layer has one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    common = [*ARGS, f"data_dir={shared_data}", f"paths.output_root={tmp_path}", "method.steps=[prune,distill]"]
+    for layers in ("[0]", "[1]"):
+        out = run_cli(*common, f"method.distill.student_layers={layers}")
+        assert out.returncode == 0, out.stderr[-3000:]
+    root = next(p for p in safe_rglob(tmp_path, "results.json") if p.parent.name.startswith("seed")).parents[2]
+    tiny = [a for a in TINY_SST2 if not a.startswith("task=")]
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "bmcook" / "diagnose_layers.py"), "--task", "sst2",
+                           "--seed", "42", "--sentences", "16", "--root", str(root), *tiny,
+                           f"data_dir={shared_data}", "task.max_train_samples=64"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert set(report["arms"]) == {"[0]", "[1]"}
+    assert report["arms"]["[0]"]["input_shift"] == [0.0]  # layer 0's input is the embeddings either way
+    assert report["arms"]["[1]"]["input_shift"][0] > 0  # layer 1 now reads the embeddings, not layer 0's output
+    for arm in report["arms"].values():
+        assert 0 <= arm["cut"] <= 1 and 0 <= arm["trained"] <= 1 and arm["loss"]
+    missing = subprocess.run([sys.executable, str(ROOT / "recipes" / "bmcook" / "diagnose_layers.py"), "--root",
+                              str(tmp_path / "nothing")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

@@ -32,7 +32,10 @@ def results(tmp_path) -> dict:
     ["method.pruner=heads", "model=tiny-t5"],
     ["method.pruner=movement", "method.scope=global"],
     ["method.pruner=heads", "method.order_seed=1"],  # an order seed without the random order
-    ["method.pruner=heads", "method.head_importance=entropy"],
+    ["method.pruner=heads", "method.head_importance=taylor"],
+    ["method.pruner=heads", "method.head_importance=attattr", "method.attr_steps=0"],
+    ["method.pruner=pst", "method.pst_rank=0"],
+    ["method.pruner=heads", "method.head_importance=attattr", "model=tiny-t5"],
     ["method.dense_epochs=0"],
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, shared_data, args):
@@ -54,6 +57,27 @@ def test_movement_pruning_end_to_end(tmp_path, shared_data, model):
         assert value == pytest.approx(0.75, abs=0.01), name
     assert res["remaining"] == pytest.approx(0.25, abs=0.01)
     assert "accuracy" in res["metrics"]
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-t5"])
+def test_pst_end_to_end_trains_only_its_low_rank_parameters_and_the_head(tmp_path, shared_data, model):
+    proc = cli(tmp_path, f"model={model}", "method.pruner=pst", "method.sparsity=0.75", "method.end=0.5",
+               "method.pst_rank=4", "method.pst_mask_rank=2", "method.pst_lr=1e-3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path)
+    for name, value in res["sparsity"]["per_matrix"].items():
+        assert value == pytest.approx(0.75, abs=0.01), name
+    pruned = res["sparsity"]["per_matrix"]
+    assert len(pruned) > 0
+    trainable = res["trainable"]
+    # per matrix (out + in) (r + r_mask) + out + in; the pruned matrices' sizes are in the run's model
+    assert trainable["parameters"] == trainable["mask"] + trainable["weights"]
+    assert trainable["share"] < 0.1 and trainable["mask"] > 0 and trainable["weights"] > 0  # the head
+    from safetensors import safe_open
+    saved = next(p for p in tmp_path.rglob("model.safetensors") if "/dense/" not in str(p))
+    with safe_open(saved, "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("parametrizations" in k for k in keys)  # the merged sparse weights, no U, V, A, B
 
 
 @pytest.mark.parametrize("args", [
@@ -153,6 +177,21 @@ def test_random_head_order_control_reuses_one_dense_model_across_order_seeds(tmp
         assert r["dense"]["accuracy"] == runs[0]["dense"]["accuracy"]  # one dense model under both orders
         assert sum(map(len, r["removed_heads"])) == 4
         assert "train" not in r  # no recovery: test-time removal, as the gradient curve
+
+
+def test_attattr_head_order_scores_once_and_masks_lowest_first(tmp_path, shared_data):
+    """head_importance=attattr: AttAttr scores of the dense model (results.json head_scores), the curve's rounds
+    masked lowest score first (one head kept per layer), no retraining."""
+    proc = cli(tmp_path, "model=tiny-bert", "method.pruner=heads", "method.head_importance=attattr",
+               "method.heads=0.5", "method.head_step=0.125", "method.recovery_epochs=0", "method.head_curve=true",
+               "method.attr_examples=12", "method.attr_steps=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = results(tmp_path)
+    scores = torch.tensor(r["head_scores"])
+    assert scores.shape == (2, 4) and list(r["curve"]) == ["0", "1", "2", "3", "4"]
+    masked = {(i, h) for i, hs in enumerate(r["removed_heads"]) for h in hs}
+    kept = [scores[i, h] for i in range(2) for h in range(4) if (i, h) not in masked]
+    assert len(masked) == 4 and all(scores[i, h] <= max(kept) for i, h in masked)
 
 
 def test_dense_epochs_sets_the_dense_stage_apart_from_the_pruning_run(tmp_path, shared_data):

@@ -1,6 +1,7 @@
 """Pruning: unstructured masks learned while fine-tuning, or structured removal of heads and FFN neurons.
 
-Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 2017, Sanh et al. 2020):
+Unstructured (method.pruner = magnitude | movement | soft_movement | pst; Zhu & Gupta 2017, Sanh et al. 2020,
+Li et al. 2022):
     model   = the pretrained model (fine-pruning) or the dense fine-tuned one (method.start)
     masks   on the chosen matrices (torch parametrizations: W' = W * M in every forward)
     train   with the task loss (+ KD from the dense model, its logits cached once per dataset as a shared
@@ -9,13 +10,16 @@ Unstructured (method.pruner = magnitude | movement | soft_movement; Zhu & Gupta 
               magnitude      M = top-|W|, recomputed every `update_every` steps
               movement       M = TopK(S), S learned through the straight-through estimator
               soft_movement  M = 1[sigmoid(S) > tau]
+              pst            M = TopK(|W + UV| + AB + R + C), W frozen: only U, V, A, B, R, C (and the
+                             task head) train, at method.pst_lr; results.json `trainable` counts them
     bake    W * M into the weights; report the measured sparsity per matrix and overall; save
 
 Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
     dense   = the fine-tuned model (method.base_run, or fine-tuned here through the stage cache)
     heads   gates on heads; mask the least important share per round, re-score, until `heads` are masked
             (method.head_curve: score the gated model after every round: the accuracy-vs-heads curve;
-            head_importance=random: the same rounds in a seeded random order, the control of that curve)
+            head_importance=random: the same rounds in a seeded random order, the control of that curve;
+            attattr / entropy: orders read from the attention maps once, runner.prune.attribution)
     ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere)
     prune   physically remove the masked heads' Q/K/V rows and O columns, the neurons' W_in rows and
             W_out columns (runner.models.arch); outputs equal the gated model's
@@ -47,7 +51,7 @@ from runner.stages import Stages
 from runner.teacher_logits import LogitCache, cached_logits, teacher_targets
 from runner.train import fit
 
-UNSTRUCTURED = ("magnitude", "movement", "soft_movement")
+UNSTRUCTURED = ("magnitude", "movement", "soft_movement", "pst")
 STRUCTURED = ("heads", "ffn", "structured")
 
 
@@ -76,9 +80,17 @@ class Config:
     alpha_kd: float = 0.0
     temperature: float = 2.0
     cache_teacher: bool = True
+    pst_rank: int = 8
+    pst_mask_rank: int = 8
+    pst_beta: float = 1.0
+    pst_alpha1: float = 1.0
+    pst_alpha2: float = 1.0
+    pst_lr: float | None = None
     heads: float = 0.3
-    head_importance: Literal["gradient", "magnitude", "random"] = "gradient"
+    head_importance: Literal["gradient", "magnitude", "random", "attattr", "entropy"] = "gradient"
     order_seed: int | None = None
+    attr_examples: int = 200
+    attr_steps: int = 20
     head_step: float = 0.1
     head_curve: bool = False
     ffn: float = 0.5
@@ -103,6 +115,12 @@ class Config:
             raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
         if self.dense_epochs is not None and self.dense_epochs <= 0:
             raise ValueError(f"method.dense_epochs={self.dense_epochs} must be > 0, or null (= train.epochs)")
+        if self.pst_rank < 1 or self.pst_mask_rank < 1 or (self.pst_lr is not None and self.pst_lr <= 0):
+            raise ValueError(f"method.pst_rank={self.pst_rank} and method.pst_mask_rank={self.pst_mask_rank} must be "
+                             f">= 1 and method.pst_lr={self.pst_lr} > 0 (or null = train.lr)")
+        if self.attr_examples < 1 or self.attr_steps < 1:
+            raise ValueError(f"method.attr_examples={self.attr_examples} and method.attr_steps={self.attr_steps} "
+                             "must be >= 1 (AttAttr: examples scored, Riemann points of the integral)")
         if self.update_every < 1 or self.importance_batches < 1 or self.recovery_epochs < 0:
             raise ValueError("method.update_every and method.importance_batches must be >= 1, recovery_epochs >= 0")
         if self.order_seed is not None and self.head_importance != "random":
@@ -206,18 +224,31 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
         _, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
     model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
         ctx, dense_stage(ctx, stages).path / "model")
+    total = count_parameters(model)["total"]
     if cfg.freeze_embeddings:
         select_trainable(model, [r"embeddings\."], [])
     modules = masks.select(model, cfg.matrices)
-    found = masks.attach(modules, cfg.pruner, cfg.score_init)
+    pst = dict(rank=cfg.pst_rank, mask_rank=cfg.pst_mask_rank, beta=cfg.pst_beta, alpha1=cfg.pst_alpha1,
+               alpha2=cfg.pst_alpha2)
+    found = masks.attach(modules, cfg.pruner, cfg.score_init, pst=pst)
     if cfg.pruner == "soft_movement":
         for m in found.values():
             m.min_keep = cfg.min_keep
-    schedule = Schedule(cfg, found, modules)
     scores = masks.scores(model)
+    if cfg.pruner == "pst":  # only the PST parameters and the task head train (the reference trains no head)
+        head = tuple(f"{name}." for name in arch.head_names(model))
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head) or any(p is s for s in scores))
+    schedule = Schedule(cfg, found, modules)
     weights = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in scores)]
-    groups = [{"params": weights}] + ([{"params": scores, "lr": cfg.scores_lr, "weight_decay": 0.0}]
+    score_lr = (cfg.pst_lr or ctx.train.lr) if cfg.pruner == "pst" else cfg.scores_lr
+    groups = [{"params": weights}] + ([{"params": scores, "lr": score_lr, "weight_decay": 0.0}]
                                       if scores else [])
+    trainable = {"parameters": sum(p.numel() for p in weights + scores), "mask": sum(p.numel() for p in scores),
+                 "weights": sum(p.numel() for p in weights), "model": total}
+    trainable["share"] = trainable["parameters"] / total
+    ctx.log(f"prune: {trainable['parameters']} trainable ({100 * trainable['share']:.2f}% of {total}): "
+            f"{trainable['mask']} mask/update, {trainable['weights']} weights")
 
     task_loss = kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None
 
@@ -242,7 +273,7 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     artifacts.save_model(ctx, model, ctx.run_dir)
     shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # weights + scores + optimizer: large, done with
     out = {"metrics": metrics, "best": result["best"], "train": result["train"], "sparsity": measured,
-           "remaining": 1 - measured["overall"]}
+           "remaining": 1 - measured["overall"], "trainable": trainable}
     if dense_metrics is not None:
         out["dense"] = dense_metrics
     return out
@@ -252,17 +283,22 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
 # Structured: heads and FFN neurons, physically removed
 
 
-def importance_batches(ctx):
-    """A fresh pass over the first `importance_batches` labelled training batches (fixed order)."""
+def importance_batches(ctx, rows: int | None = None):
+    """A fresh pass over the first `rows` labelled training rows (default `importance_batches` batches), in a
+    fixed order."""
     from torch.utils.data import DataLoader
 
     from runner.tasks.collators import collator, model_inputs
 
     data = ctx.data["train"]
-    data = data.select(range(min(len(data), ctx.method.importance_batches * ctx.train.eval_batch_size)))
+    rows = ctx.method.importance_batches * ctx.train.eval_batch_size if rows is None else rows
+    data = data.select(range(min(len(data), rows)))
     loader = DataLoader(model_inputs(data), batch_size=ctx.train.eval_batch_size, shuffle=False,
                         collate_fn=collator(ctx.tokenizer, mlm=False))
     return lambda: iter(loader)
+
+
+FIXED_ORDERS = ("random", "attattr", "entropy")  # scored once on the dense model, then masked in rounds
 
 
 def prune_structure(ctx, stages) -> dict:
@@ -281,10 +317,16 @@ def prune_structure(ctx, stages) -> dict:
         ctx.log(f"heads: {masked}/{total} masked, {ctx.task.main_metric} "
                 f"{curve[str(masked)].get(ctx.task.main_metric, float('nan')):.4f}")
 
+    order = None
     if cfg.pruner in ("heads", "structured"):
+        if cfg.head_importance in FIXED_ORDERS and cfg.heads > 0:
+            batches_for_order = importance_batches(ctx, cfg.attr_examples) if cfg.head_importance in ("attattr", "entropy") else None
+            order = structured.fixed_order(model, batches_for_order, cfg.head_importance, order_seed(ctx),
+                                           cfg.attr_examples, cfg.attr_steps)
         heads = structured.mask_heads(model, batches, cfg.heads, cfg.head_step, cfg.head_importance,
                                       cfg.allow_empty_layers, log=ctx.log,
-                                      on_round=score_round if cfg.head_curve else None, seed=order_seed(ctx))
+                                      on_round=score_round if cfg.head_curve else None, seed=order_seed(ctx),
+                                      order=order)
     if cfg.pruner in ("ffn", "structured"):
         imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
         neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope)
@@ -297,6 +339,7 @@ def prune_structure(ctx, stages) -> dict:
         ctx.info["curve"] = {"0": {"share": 0.0, **dense_metrics}, **curve}
     out = {"dense": dense_metrics, "before_recovery": pruned, "gated": gated, "removed_heads": heads,
            **({"head_order_seed": order_seed(ctx)} if cfg.head_importance == "random" and heads is not None else {}),
+           **({"head_scores": [[round(float(v), 6) for v in row] for row in order]} if order is not None else {}),
            "sizes": arch.layer_sizes(model),
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:

@@ -6,6 +6,11 @@
                  so S accumulates the weights' movement away from zero.
 - soft_movement  M = 1[sigmoid(S) > tau], straight-through to S, with an L1 penalty on sigmoid(S) that
                  drives the sparsity (not fixed in advance).
+- pst            parameter-efficient sparsity training (Li et al. 2022, arXiv 2205.11005): W stays frozen;
+                 W' = W + beta U V (a trainable low-rank update) and S = |W'| + alpha1 A B + alpha2 (R 1^T +
+                 1 C^T) (data-free magnitude + low-rank + row/column scores), M = TopK(S) per matrix,
+                 straight-through to S. Only U, V, A, B, R, C train: (out + in) (r + r_mask) + out + in
+                 numbers per matrix instead of 2 out in for movement's weights and scores.
 
 Which matrices are pruned: `select` (arch parts "attention"/"ffn" or regexes over Linear module names).
 """
@@ -21,7 +26,7 @@ from torch.nn.utils import parametrize
 from runner.errors import UserError
 from runner.models import arch
 
-PRUNERS = ("magnitude", "movement", "soft_movement")
+PRUNERS = ("magnitude", "movement", "soft_movement", "pst")
 
 
 def keep_count(numel: int, sparsity: float) -> int:
@@ -97,6 +102,36 @@ class SoftMovementMask(nn.Module):
         return weight * _StraightThrough.apply(self.scores, self.mask())
 
 
+class PSTMask(nn.Module):
+    """TopK(S) * (W + beta U V), S = |W + beta U V| + alpha1 A B + alpha2 (R 1^T + 1 C^T). Initialised as the
+    reference (AliceMind S4/PST): U, A ~ N(0, 1), V, B, R, C = 0, so W' = W and S = |W| at the start."""
+
+    def __init__(self, weight: Tensor, rank: int = 8, mask_rank: int = 8, beta: float = 1.0, alpha1: float = 1.0,
+                 alpha2: float = 1.0):
+        super().__init__()
+        out, inp = weight.shape
+        kw = dict(dtype=weight.dtype, device=weight.device)
+        self.U = nn.Parameter(torch.randn(out, rank, **kw))
+        self.V = nn.Parameter(torch.zeros(rank, inp, **kw))
+        self.A = nn.Parameter(torch.randn(out, mask_rank, **kw))
+        self.B = nn.Parameter(torch.zeros(mask_rank, inp, **kw))
+        self.R = nn.Parameter(torch.zeros(out, **kw))
+        self.C = nn.Parameter(torch.zeros(inp, **kw))
+        self.beta, self.alpha1, self.alpha2 = beta, alpha1, alpha2
+        self.sparsity = 0.0
+
+    def merged(self, weight: Tensor) -> Tensor:
+        return weight + self.beta * self.U @ self.V
+
+    def score(self, merged: Tensor) -> Tensor:
+        return merged.abs() + self.alpha1 * self.A @ self.B + self.alpha2 * (self.R[:, None] + self.C[None, :])
+
+    def forward(self, weight: Tensor) -> Tensor:
+        merged = self.merged(weight)
+        s = self.score(merged)
+        return merged * _StraightThrough.apply(s, topk_mask(s, keep_count(s.numel(), self.sparsity)))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Which matrices
 
@@ -128,16 +163,26 @@ def select(model: nn.Module, matrices: list[str]) -> dict[str, nn.Linear]:
     return dict(sorted(chosen.items()))
 
 
-def attach(modules: dict[str, nn.Module], pruner: str, score_init: float = 0.0) -> dict[str, nn.Module]:
-    """Register the pruner's mask on each module's weight; returns {module name: mask module}."""
+def attach(modules: dict[str, nn.Module], pruner: str, score_init: float = 0.0, pst: dict | None = None
+           ) -> dict[str, nn.Module]:
+    """Register the pruner's mask on each module's weight; returns {module name: mask module}. `pst`: PSTMask's
+    keyword arguments (rank, mask_rank, beta, alpha1, alpha2); PST freezes each W and its bias."""
     if pruner not in PRUNERS:
         raise UserError(f"unknown unstructured pruner '{pruner}'; known: {', '.join(PRUNERS)}")
-    cls = {"magnitude": MagnitudeMask, "movement": MovementMask, "soft_movement": SoftMovementMask}[pruner]
     masks = {}
     for name, module in modules.items():
-        w = module.weight
-        mask = cls(w.detach()) if pruner == "magnitude" else cls(w.detach(), init=score_init)
+        w = module.weight.detach()
+        if pruner == "magnitude":
+            mask = MagnitudeMask(w)
+        elif pruner == "pst":
+            mask = PSTMask(w, **(pst or {}))
+        else:
+            mask = {"movement": MovementMask, "soft_movement": SoftMovementMask}[pruner](w, init=score_init)
         parametrize.register_parametrization(module, "weight", mask)
+        if pruner == "pst":
+            original(module).requires_grad_(False)
+            if module.bias is not None:
+                module.bias.requires_grad_(False)
         masks[name] = mask
     return masks
 
@@ -170,7 +215,7 @@ def update_magnitude(modules: dict[str, nn.Module], sparsity: float, scope: str 
 def set_level(masks: dict[str, nn.Module], value: float) -> None:
     """The movement masks' sparsity, or the soft movement masks' threshold tau."""
     for mask in masks.values():
-        if isinstance(mask, MovementMask):
+        if isinstance(mask, MovementMask | PSTMask):
             mask.sparsity = value
         elif isinstance(mask, SoftMovementMask):
             mask.threshold = value
@@ -183,7 +228,8 @@ def penalty(masks: dict[str, nn.Module]) -> Tensor:
 
 
 def scores(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if n.endswith(".scores") and ".parametrizations." in n]
+    """The mask parameters (movement scores; PST's U, V, A, B, R, C), trained in their own optimizer group."""
+    return [p for n, p in model.named_parameters() if ".parametrizations." in n and not n.endswith(".original")]
 
 
 @torch.no_grad()

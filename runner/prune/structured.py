@@ -4,6 +4,8 @@
   head's context; I_h = sum over batches of |dL/dxi_h| at the current gates, normalised per layer by its
   L2 norm. Heads are masked iteratively: each round sets the gates of the least important `step` share of
   all heads to 0 and re-scores with the new mask, until `fraction` of the heads are masked.
+- Orders scored once (the random-order control, AttAttr, attention entropy: runner.prune.attribution),
+  masked in the same rounds.
 - FFN neuron importance: "magnitude" = ||W_in row|| * ||W_out column||; "taylor" = sum over batches of
   |dL/dgate_j| at gate 1, i.e. |sum activation x gradient| (the same first-order estimate as for heads).
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from runner.errors import UserError
 from runner.models import arch
+from runner.prune import attribution
 
 Batches = Callable[[], Iterable[dict]]  # a fresh pass over labelled batches each call
 
@@ -109,24 +112,48 @@ def _mask_lowest(imp: Tensor, gates: Tensor, n: int, allow_empty: bool) -> None:
         n -= 1
 
 
+ORDERS = ("gradient", "magnitude", "random", "attattr", "entropy")
+
+
+def fixed_order(model: nn.Module, batches: Batches | None, how: str, seed: int = 0, examples: int = 200,
+                steps: int = 20) -> Tensor:
+    """(layers, heads) importance scored once, on the model as given, for the orders that do not re-score
+    between rounds: "random" (the control), "attattr" and "entropy" (runner.prune.attribution; the most
+    diffuse heads first, so the order is minus the entropy)."""
+    if how == "random":
+        atts = arch._encoder_attentions(model)
+        return random_order(len(atts), atts[0].num_heads, seed)
+    if how == "attattr":
+        return attribution.attattr(model, batches, examples, steps)
+    if how == "entropy":
+        return -attribution.attention_entropy(model, batches, examples)
+    raise UserError(f"method.head_importance={how} re-scores every round; it has no fixed order")
+
+
 def mask_heads(model: nn.Module, batches: Batches | None, fraction: float, step: float, how: str = "gradient",
                allow_empty: bool = False, log: Callable[[str], None] = print,
-               on_round: Callable[[int], None] | None = None, seed: int = 0) -> list[list[int]]:
+               on_round: Callable[[int], None] | None = None, seed: int = 0, order: Tensor | None = None
+               ) -> list[list[int]]:
     """Set to 0 the gates of the least important heads until `fraction` of all heads are masked; returns
     the masked head ids per layer. "gradient" (Michel et al.): `step` of all heads per round, re-scored
-    after each round with the new mask. "magnitude": one round by head_magnitude. "random": a random order
-    (random_order, seeded by `seed`), masked `step` of all heads per round like "gradient", so both curves
-    have the same points. `on_round(masked)` runs after each round on the gated model (e.g. to score it:
-    the accuracy-vs-heads-removed curve)."""
+    after each round with the new mask. "magnitude": one round by head_magnitude. "random", "attattr",
+    "entropy": an order scored once on the unmasked model (`order`, else fixed_order with `seed` and the
+    default example counts), masked `step` of all heads per round like "gradient", so every curve has the
+    same points.
+    `on_round(masked)` runs after each round on the gated model (e.g. to score it: the
+    accuracy-vs-heads-removed curve)."""
     atts = arch._encoder_attentions(model)
     layers, heads = len(atts), atts[0].num_heads
     target = int(round(fraction * layers * heads))
     _check_heads(layers, heads, target, allow_empty)
-    if how not in ("gradient", "magnitude", "random"):
-        raise UserError(f"method.head_importance must be gradient, magnitude or random, got '{how}'")
+    if how not in ORDERS:
+        raise UserError(f"method.head_importance must be one of {', '.join(ORDERS)}, got '{how}'")
     per_round = target if how == "magnitude" else max(1, int(round(step * layers * heads)))
     gates = head_gates(model)
-    order = random_order(layers, heads, seed) if how == "random" else None
+    if how in ("gradient", "magnitude"):
+        order = None
+    elif order is None and target > 0:
+        order = fixed_order(model, batches, how, seed)
     while int((gates == 0).sum()) < target:
         if order is not None:
             imp = order.clone()

@@ -9,7 +9,8 @@ one small table (families.py), not editing every method. Callers use one flat AP
     families.py  each family's module map and the accessors: family, backbone, ffns, attentions,
                  layernorms, embeddings, classifier, hidden_size, ffn_width, num_layers, set_ffn_activation
     pooling.py   MeanPooler, set_pooling
-    capture.py   attention_scores: pre-softmax scores and hidden states per layer (TinyBERT)
+    capture.py   attention_scores: pre-softmax scores and hidden states per layer (TinyBERT);
+                 attention_override: one layer run with given attention probabilities (AttAttr)
     layers.py    keep_layers, new_like: smaller students cut from a model
     names.py     qualified module names for parameter-efficient tuning (peft targets, heads, LayerNorms)
     surgery.py   neuron gates, physical removal of heads and FFN neurons, the pruning plan, fold_gates
@@ -20,7 +21,7 @@ Every name returned is a real module path of the model given, so `model.get_subm
 from transformers.models.t5.modeling_t5 import T5LayerNorm  # the LayerNorm type of the T5 family
 
 from runner.models.arch.blocks import FFN, GATE, Attention, _apply_gate
-from runner.models.arch.capture import AttentionCapture, attention_scores
+from runner.models.arch.capture import AttentionCapture, attention_override, attention_scores
 from runner.models.arch.families import (
     _FAMILIES,
     STACKS,
@@ -78,7 +79,7 @@ from runner.models.arch.surgery import (
 )
 
 __all__ = [
-    "FFN", "GATE", "Attention", "AttentionCapture", "attention_scores", "STACKS", "SUPPORTED_FAMILIES",
+    "FFN", "GATE", "Attention", "AttentionCapture", "attention_override", "attention_scores", "STACKS", "SUPPORTED_FAMILIES",
     "UnsupportedModelError", "attentions", "backbone", "classifier", "embeddings", "family", "ffn_width", "ffns",
     "hidden_size", "layernorms", "num_layers", "set_ffn_activation", "keep_layers", "new_like", "LINEAR_PARTS",
     "backbone_layernorm_names", "head_names", "layer_names", "linear_names", "POOLINGS", "MeanPooler",

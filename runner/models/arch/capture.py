@@ -105,3 +105,51 @@ class attention_scores:  # noqa: N801 - used as a context manager: `with arch.at
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+class attention_override:  # noqa: N801 - a context manager: `with arch.attention_override(m, layer) as sub:`
+    """Run encoder layer `layer`'s self-attention with given probabilities instead of softmax(QK^T):
+
+        with arch.attention_override(model, 2) as sub:
+            sub.probs = alpha * A          # (B, H, L, L), e.g. a leaf with requires_grad
+            out = model(**inputs)          # layer 2's context = sub.probs @ V; the other layers as they are
+
+    A BERT-family layer's context (the input of its output dense `o`) is A @ V per head, concatenated, so a
+    forward hook keeps V (the value projection's output) and a pre-hook on `o` replaces its input by
+    probs @ V. Installed before the head-gate hook, so gates still apply. Exact in eval mode (attention-prob
+    dropout is off); what AttAttr's integrated gradients over the attention map need (runner.prune.attribution).
+    """
+
+    def __init__(self, model: nn.Module, layer: int):
+        _check_encoder_only(model, "attention_override")
+        self.att = attentions(model, kind="self", stack="encoder")[layer]
+        self.probs: Tensor | None = None
+        self._v: Tensor | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> attention_override:
+        att = self.att
+
+        def keep_v(module, args, output):
+            self._v = output
+
+        def replace_context(module, args):
+            if self.probs is None:
+                return None  # nothing set: the layer's own context
+            x, *rest = args
+            v = self._v.unflatten(-1, (att.num_heads, att.head_dim)).transpose(1, 2)  # (B, H, L, d)
+            if self.probs.shape != (v.shape[0], att.num_heads, v.shape[2], v.shape[2]):
+                raise ValueError(f"attention_override: probs must be (batch, {att.num_heads}, {v.shape[2]}, "
+                                 f"{v.shape[2]}), got {tuple(self.probs.shape)}")
+            context = torch.matmul(self.probs.to(v.dtype), v).transpose(1, 2).flatten(-2)
+            return (context.to(x.dtype), *rest)
+
+        self._handles.append(att.v.register_forward_hook(keep_v))
+        self._handles.append(att.o.register_forward_pre_hook(replace_context, prepend=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._v = None
