@@ -35,6 +35,9 @@ def results(tmp_path) -> dict:
     ["method.pruner=heads", "method.head_importance=taylor"],
     ["method.pruner=heads", "method.head_importance=attattr", "method.attr_steps=0"],
     ["method.pruner=pst", "method.pst_rank=0"],
+    ["method.pruner=skill", "method.ffn_layers=[5]"],  # tiny-bert has 2 layers
+    ["method.pruner=skill", "model=tiny-t5"],  # T5's W_out has no bias to fold the means into
+    ["method.pruner=skill", "method.skill_examples=1"],
     ["method.pruner=heads", "method.head_importance=attattr", "model=tiny-t5"],
     ["method.dense_epochs=0"],
 ])
@@ -192,6 +195,25 @@ def test_attattr_head_order_scores_once_and_masks_lowest_first(tmp_path, shared_
     masked = {(i, h) for i, hs in enumerate(r["removed_heads"]) for h in hs}
     kept = [scores[i, h] for i in range(2) for h in range(4) if (i, h) not in masked]
     assert len(masked) == 4 and all(scores[i, h] <= max(kept) for i, h in masked)
+
+
+def test_skill_neurons_end_to_end_keep_predictive_neurons_in_the_chosen_layers(tmp_path, shared_data):
+    """pruner=skill: predictivity per neuron, the top share kept in method.ffn_layers only, the removed neurons'
+    means folded (the gated and the physically pruned model agree), recovery, speed measured."""
+    proc = cli(tmp_path, "model=tiny-bert", "method.pruner=skill", "method.ffn=0.75", "method.ffn_layers=[1]",
+               "method.skill_examples=64", "method.recovery_epochs=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = results(tmp_path)
+    width = r["kept_neurons"][0]
+    assert r["kept_neurons"] == [width, width // 4] and r["folded_means"] is True
+    assert r["gated"]["accuracy"] == r["before_recovery"]["accuracy"]  # folding and removal agree exactly
+    assert len(r["predictivity"]) == 2 and all(0.5 <= p["max"] <= 1 for p in r["predictivity"])
+    assert r["predictivity"][1]["kept_mean"] >= r["predictivity"][1]["mean"]  # the kept are the predictive ones
+    assert r["speed"]["32x128"]["speedup"]["pruned"] > 0 and "train" in r
+    proc = run_cli(*[a for a in TINY if not a.startswith("task=")], "task=glue/stsb", "model=tiny-bert",
+                   "method=prune", "method.pruner=skill", f"paths.output_root={tmp_path / 'stsb'}")
+    assert proc.returncode == 2 and "binary classification" in proc.stderr
+    assert len([line for line in proc.stderr.strip().splitlines() if line.strip()]) == 1
 
 
 def test_dense_epochs_sets_the_dense_stage_apart_from_the_pruning_run(tmp_path, shared_data):

@@ -20,7 +20,10 @@ Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
             (method.head_curve: score the gated model after every round: the accuracy-vs-heads curve;
             head_importance=random: the same rounds in a seeded random order, the control of that curve;
             attattr / entropy: orders read from the attention maps once, runner.prune.attribution)
-    ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere)
+    ffn     neuron importance (taylor | magnitude); keep the top 1 - `ffn` per layer (gates 0 elsewhere), in
+            method.ffn_layers only; method.fold_means folds the removed neurons' mean output into W_out's bias
+    skill   (skill neurons, Wang et al. 2022) the same, ranked by each neuron's predictivity of the label
+            (runner.prune.skill), means folded by default
     prune   physically remove the masked heads' Q/K/V rows and O columns, the neurons' W_in rows and
             W_out columns (runner.models.arch); outputs equal the gated model's
     speed   dense vs pruned, measured side by side (runner.speed)
@@ -45,14 +48,14 @@ from runner.distill.losses import soft_kl
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.models import arch, count_parameters, select_trainable
-from runner.prune import masks, plan, structured
+from runner.prune import masks, plan, skill, structured
 from runner.prune.schedule import CubicSchedule
 from runner.stages import Stages
 from runner.teacher_logits import LogitCache, cached_logits, teacher_targets
 from runner.train import fit
 
 UNSTRUCTURED = ("magnitude", "movement", "soft_movement", "pst")
-STRUCTURED = ("heads", "ffn", "structured")
+STRUCTURED = ("heads", "ffn", "structured", "skill")
 
 
 @dataclass
@@ -96,6 +99,10 @@ class Config:
     ffn: float = 0.5
     ffn_importance: Literal["taylor", "magnitude"] = "taylor"
     ffn_scope: Literal["layer", "global"] = "layer"
+    ffn_layers: list[int] | None = None
+    fold_means: bool | None = None
+    skill_examples: int = 512
+    skill_position: Literal["cls", "mean"] = "cls"
     importance_batches: int = 16
     allow_empty_layers: bool = False
     recovery_epochs: float = 1.0
@@ -115,6 +122,9 @@ class Config:
             raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
         if self.dense_epochs is not None and self.dense_epochs <= 0:
             raise ValueError(f"method.dense_epochs={self.dense_epochs} must be > 0, or null (= train.epochs)")
+        if self.skill_examples < 2:
+            raise ValueError(f"method.skill_examples={self.skill_examples} must be >= 2 (half set the baseline, "
+                             "half score the neurons)")
         if self.pst_rank < 1 or self.pst_mask_rank < 1 or (self.pst_lr is not None and self.pst_lr <= 0):
             raise ValueError(f"method.pst_rank={self.pst_rank} and method.pst_mask_rank={self.pst_mask_rank} must be "
                              f">= 1 and method.pst_lr={self.pst_lr} > 0 (or null = train.lr)")
@@ -142,6 +152,19 @@ def run(ctx) -> dict:
 def check_structure(ctx) -> None:
     """Refuse before any training what structured pruning cannot do with this model (a fresh copy is probed)."""
     cfg: Config = ctx.method
+    if cfg.pruner in ("ffn", "structured", "skill"):
+        ffns = arch.ffns(ctx.new_model(), stack="encoder")
+        bad = [i for i in cfg.ffn_layers or [] if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(ffns)]
+        if bad or (cfg.ffn_layers is not None and not cfg.ffn_layers):
+            raise UserError(f"method.ffn_layers={cfg.ffn_layers}: give encoder layer indices in [0, {len(ffns) - 1}], "
+                            "or null for every layer")
+        if fold_means(cfg) and any(f.w_out.bias is None for f in ffns):
+            raise UserError("method.fold_means needs a bias on the FFN output (this model's W_out has none, e.g. "
+                            "T5): set method.fold_means=false")
+    if cfg.pruner == "skill" and (ctx.task.is_regression or ctx.task.num_labels != 2):
+        raise UserError(f"method.pruner=skill needs a binary classification task; {ctx.task_cfg.name} has "
+                        f"{'a regression target' if ctx.task.is_regression else f'{ctx.task.num_labels} labels'} "
+                        "(the paper splits multi-class tasks into binary subtasks, not done here)")
     if cfg.pruner not in ("heads", "structured"):
         return
     atts = arch._encoder_attentions(ctx.new_model())  # T5: one-line refusal
@@ -327,9 +350,20 @@ def prune_structure(ctx, stages) -> dict:
                                       cfg.allow_empty_layers, log=ctx.log,
                                       on_round=score_round if cfg.head_curve else None, seed=order_seed(ctx),
                                       order=order)
-    if cfg.pruner in ("ffn", "structured"):
-        imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
-        neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope)
+    predictive = None
+    if cfg.pruner in ("ffn", "structured", "skill"):
+        means = None
+        if cfg.pruner == "skill" or fold_means(cfg):
+            feats, means, labels = skill.activations(model, importance_batches(ctx, cfg.skill_examples),
+                                                     cfg.skill_position)
+        if cfg.pruner == "skill":
+            imp = [skill.predictivity(f, labels) for f in feats]
+            predictive = imp
+        else:
+            imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
+        neurons = structured.select_neurons(imp, cfg.ffn, cfg.ffn_scope, cfg.ffn_layers)
+        if means is not None and fold_means(cfg):
+            skill.fold_means(model, neurons, means)  # before the gates: the gated model is the exact reference
         structured.gate_neurons(model, neurons)
     gated = evaluate(ctx, model)
     structured.prune_masked(model, heads, neurons, cfg.allow_empty_layers)
@@ -341,6 +375,8 @@ def prune_structure(ctx, stages) -> dict:
            **({"head_order_seed": order_seed(ctx)} if cfg.head_importance == "random" and heads is not None else {}),
            **({"head_scores": [[round(float(v), 6) for v in row] for row in order]} if order is not None else {}),
            "sizes": arch.layer_sizes(model),
+           **({"kept_neurons": [len(n) for n in neurons], "folded_means": fold_means(cfg)} if neurons else {}),
+           **({"predictivity": predictivity_summary(predictive, neurons)} if predictive is not None else {}),
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:
         result = fit(ctx, model, output="recovery", teacher=teacher if cfg.alpha_kd > 0 else None,
@@ -351,6 +387,20 @@ def prune_structure(ctx, stages) -> dict:
     saved = artifacts.save_model(ctx, model, ctx.run_dir)
     shutil.rmtree(ctx.path("recovery"), ignore_errors=True)
     plan.save_plan(model, saved)  # beside the weights: runner.prune.plan.load_pruned rebuilds the shapes
+    return out
+
+
+def fold_means(cfg: Config) -> bool:
+    """method.fold_means, null = on for skill neurons (the paper's pruning), off otherwise."""
+    return cfg.pruner == "skill" if cfg.fold_means is None else bool(cfg.fold_means)
+
+
+def predictivity_summary(predictive, neurons) -> list[dict]:
+    """Per layer: the best neuron's predictivity, the mean over all and over the kept ones."""
+    out = []
+    for p, keep in zip(predictive, neurons, strict=True):
+        out.append({"max": round(float(p.max()), 4), "mean": round(float(p.mean()), 4),
+                    "kept_mean": round(float(p[keep].mean()), 4) if keep else None})
     return out
 
 

@@ -180,22 +180,28 @@ def ffn_importance(model: nn.Module, how: str, batches: Batches | None = None) -
     raise UserError(f"method.ffn_importance must be magnitude or taylor, got '{how}'")
 
 
-def select_neurons(importance: list[Tensor], fraction: float, scope: str = "layer") -> list[list[int]]:
+def select_neurons(importance: list[Tensor], fraction: float, scope: str = "layer",
+                   layers: list[int] | None = None) -> list[list[int]]:
     """Neurons to keep per layer: the top (1 - fraction) of each layer ("layer"), or over all layers with
-    at least one neuron per layer ("global")."""
+    at least one neuron per layer ("global"). `layers`: only these layers lose neurons (None = all); the
+    others keep every neuron."""
+    chosen = list(range(len(importance))) if layers is None else sorted(set(layers))
+    out = [list(range(imp.numel())) for imp in importance]
     if scope == "layer":
-        return [sorted(torch.topk(imp, imp.numel() - int(round(fraction * imp.numel()))).indices.tolist())
-                for imp in importance]
+        for i in chosen:
+            imp = importance[i]
+            out[i] = sorted(torch.topk(imp, imp.numel() - int(round(fraction * imp.numel()))).indices.tolist())
+        return out
     if scope != "global":
         raise UserError(f"method.ffn_scope must be layer or global, got '{scope}'")
-    flat = torch.cat([imp / imp.sum().clamp(min=1e-20) for imp in importance])  # comparable across layers
+    parts = [importance[i] for i in chosen]
+    flat = torch.cat([imp / imp.sum().clamp(min=1e-20) for imp in parts])  # comparable across layers
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.topk(flat, flat.numel() - int(round(fraction * flat.numel()))).indices] = True
-    out, start = [], 0
-    for imp in importance:
+    start = 0
+    for i, imp in zip(chosen, parts, strict=True):
         k = keep[start:start + imp.numel()]
-        ids = k.nonzero().flatten().tolist() or [int(imp.argmax())]
-        out.append(ids)
+        out[i] = k.nonzero().flatten().tolist() or [int(imp.argmax())]
         start += imp.numel()
     return out
 
