@@ -10,6 +10,8 @@ Li et al. 2022):
               magnitude      M = top-|W|, recomputed every `update_every` steps
               movement       M = TopK(S), S learned through the straight-through estimator
               soft_movement  M = 1[sigmoid(S) > tau]
+              cap            movement + CAP's contrastive terms (pre-trained, fine-tuned and snapshot banks,
+                             runner.prune.contrastive; a snapshot every method.cap_snapshot_every steps)
               pst            M = TopK(|W + UV| + AB + R + C), W frozen: only U, V, A, B, R, C (and the
                              task head) train, at method.pst_lr; results.json `trainable` counts them
     bake    W * M into the weights; report the measured sparsity per matrix and overall; save
@@ -29,6 +31,9 @@ Structured (heads | ffn | structured = both; Michel et al. 2019 for heads):
     speed   dense vs pruned, measured side by side (runner.speed)
     recover fine-tune the pruned model (method.recovery_epochs; KD if alpha_kd > 0), evaluate, save with
             its pruning plan (runner.prune.plan.load_pruned reloads it)
+    steps   (method.iterative_steps > 1 or method.contrastive: CAP's structured schedule) the masks grow in
+            steps, each followed by recovery training, with CAP's contrastive terms against the pre-trained,
+            fine-tuned and snapshot banks when method.contrastive (runner.prune.iterative)
 """
 
 from __future__ import annotations
@@ -40,21 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from runner import artifacts, speed
-from runner.distill.losses import soft_kl
 from runner.errors import UserError
 from runner.evaluation import evaluate
 from runner.models import arch, count_parameters, select_trainable
-from runner.prune import masks, plan, skill, structured
+from runner.prune import iterative, losses, masks, plan, skill, structured
 from runner.prune.schedule import CubicSchedule
 from runner.stages import Stages
-from runner.teacher_logits import LogitCache, cached_logits, teacher_targets
+from runner.teacher_logits import cached_logits
 from runner.train import fit
 
-UNSTRUCTURED = ("magnitude", "movement", "soft_movement", "pst")
+UNSTRUCTURED = ("magnitude", "movement", "soft_movement", "pst", "cap")
 STRUCTURED = ("heads", "ffn", "structured", "skill")
 
 
@@ -106,6 +109,14 @@ class Config:
     importance_batches: int = 16
     allow_empty_layers: bool = False
     recovery_epochs: float = 1.0
+    iterative_steps: int = 1
+    contrastive: bool = False
+    cap_pooling: Literal["mean", "cls"] = "mean"
+    cap_unsup: float = 0.3
+    cap_sup: float = 3.0
+    cap_tau: float = 0.1
+    cap_extra: int = 4096
+    cap_snapshot_every: int = 100
 
     def __post_init__(self):
         if self.pruner not in UNSTRUCTURED + STRUCTURED:
@@ -122,6 +133,18 @@ class Config:
             raise ValueError("method.head_step must be in (0, 1], method.threshold in [0, 1), method.min_keep in [0, 1]")
         if self.dense_epochs is not None and self.dense_epochs <= 0:
             raise ValueError(f"method.dense_epochs={self.dense_epochs} must be > 0, or null (= train.epochs)")
+        if self.iterative_steps < 1 or self.cap_tau <= 0 or self.cap_extra < 0 or self.cap_snapshot_every < 0:
+            raise ValueError("method.iterative_steps must be >= 1, method.cap_tau > 0, method.cap_extra and "
+                             "method.cap_snapshot_every >= 0")
+        if self.contrastive and self.pruner not in ("heads", "ffn", "structured"):
+            raise ValueError(f"method.contrastive=true is CAP's structured mode (pruner heads, ffn or structured); "
+                             f"for unstructured CAP use method.pruner=cap (got pruner={self.pruner})")
+        if (self.iterative_steps > 1 or self.contrastive) and (self.pruner == "skill" or self.fold_means):
+            raise ValueError("method.pruner=skill and method.fold_means prune in one step; drop "
+                             "method.iterative_steps / method.contrastive")
+        if self.contrastive and self.recovery_epochs <= 0:
+            raise ValueError("method.contrastive=true trains with the contrastive terms after each step: set "
+                             "method.recovery_epochs > 0")
         if self.skill_examples < 2:
             raise ValueError(f"method.skill_examples={self.skill_examples} must be >= 2 (half set the baseline, "
                              "half score the neurons)")
@@ -243,8 +266,9 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     """`callbacks`: extra TrainerCallbacks beside the schedule (recipes/movement-pruning/diagnose.py's probe)."""
     cfg: Config = ctx.method
     teacher, dense_metrics, cache = None, None, None
-    if cfg.alpha_kd > 0 or cfg.start == "dense":
-        _, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
+    dense = None
+    if cfg.alpha_kd > 0 or cfg.start == "dense" or cfg.pruner == "cap":
+        dense, teacher, dense_metrics, cache = dense_model(ctx, stages, kd=cfg.alpha_kd > 0)
     model = ctx.new_model() if cfg.start == "pretrained" else artifacts.load_model_dir(
         ctx, dense_stage(ctx, stages).path / "model")
     total = count_parameters(model)["total"]
@@ -253,7 +277,7 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     modules = masks.select(model, cfg.matrices)
     pst = dict(rank=cfg.pst_rank, mask_rank=cfg.pst_mask_rank, beta=cfg.pst_beta, alpha1=cfg.pst_alpha1,
                alpha2=cfg.pst_alpha2)
-    found = masks.attach(modules, cfg.pruner, cfg.score_init, pst=pst)
+    found = masks.attach(modules, "movement" if cfg.pruner == "cap" else cfg.pruner, cfg.score_init, pst=pst)
     if cfg.pruner == "soft_movement":
         for m in found.values():
             m.min_keep = cfg.min_keep
@@ -273,7 +297,12 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     ctx.log(f"prune: {trainable['parameters']} trainable ({100 * trainable['share']:.2f}% of {total}): "
             f"{trainable['mask']} mask/update, {trainable['weights']} weights")
 
-    task_loss = kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None
+    banks, extra = None, []
+    if cfg.pruner == "cap":  # CAP on movement: pre-trained, fine-tuned and snapshot banks (runner.prune.contrastive)
+        device = "cuda" if ctx.hardware.device == "cuda" else "cpu"
+        banks = iterative.build_banks(ctx, dense, device)
+        extra = [iterative.Snapshots(ctx, banks, cfg.cap_snapshot_every, ctx.path("snapshots"), device)]
+    task_loss = losses.pruning_loss(cfg, cache, banks, ctx.seed) if (cfg.alpha_kd > 0 or banks) else None
 
     def loss_fn(model, inputs, teacher, state):
         if task_loss is not None:
@@ -287,7 +316,7 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
             loss = loss + cfg.l1_lambda * schedule.schedule.progress(state.step) * l1
         return loss, outputs
 
-    result = fit(ctx, model, loss_fn=loss_fn, callbacks=[schedule, *callbacks], param_groups=groups,
+    result = fit(ctx, model, loss_fn=loss_fn, callbacks=[schedule, *extra, *callbacks], param_groups=groups,
                  teacher=teacher if cfg.alpha_kd > 0 else None)
     masks.bake(modules)  # W * M becomes the weight: evaluated and saved as such
     measured = masks.sparsity(modules)
@@ -295,6 +324,7 @@ def fine_prune(ctx, stages, callbacks=()) -> dict:
     metrics = evaluate(ctx, model)
     artifacts.save_model(ctx, model, ctx.run_dir)
     shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # weights + scores + optimizer: large, done with
+    shutil.rmtree(ctx.path("snapshots"), ignore_errors=True)
     out = {"metrics": metrics, "best": result["best"], "train": result["train"], "sparsity": measured,
            "remaining": 1 - measured["overall"], "trainable": trainable}
     if dense_metrics is not None:
@@ -341,11 +371,13 @@ def prune_structure(ctx, stages) -> dict:
                 f"{curve[str(masked)].get(ctx.task.main_metric, float('nan')):.4f}")
 
     order = None
+    if cfg.pruner in ("heads", "structured") and cfg.head_importance in FIXED_ORDERS and cfg.heads > 0:
+        rows = importance_batches(ctx, cfg.attr_examples) if cfg.head_importance in ("attattr", "entropy") else None
+        order = structured.fixed_order(model, rows, cfg.head_importance, order_seed(ctx), cfg.attr_examples,
+                                       cfg.attr_steps)
+    if cfg.iterative_steps > 1 or cfg.contrastive:
+        return prune_in_steps(ctx, stages, dense, teacher, dense_metrics, cache, batches, order)
     if cfg.pruner in ("heads", "structured"):
-        if cfg.head_importance in FIXED_ORDERS and cfg.heads > 0:
-            batches_for_order = importance_batches(ctx, cfg.attr_examples) if cfg.head_importance in ("attattr", "entropy") else None
-            order = structured.fixed_order(model, batches_for_order, cfg.head_importance, order_seed(ctx),
-                                           cfg.attr_examples, cfg.attr_steps)
         heads = structured.mask_heads(model, batches, cfg.heads, cfg.head_step, cfg.head_importance,
                                       cfg.allow_empty_layers, log=ctx.log,
                                       on_round=score_round if cfg.head_curve else None, seed=order_seed(ctx),
@@ -380,13 +412,30 @@ def prune_structure(ctx, stages) -> dict:
            "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"]}
     if cfg.recovery_epochs > 0:
         result = fit(ctx, model, output="recovery", teacher=teacher if cfg.alpha_kd > 0 else None,
-                     loss_fn=kd_loss(cfg, cache) if cfg.alpha_kd > 0 else None,
+                     loss_fn=losses.pruning_loss(cfg, cache) if cfg.alpha_kd > 0 else None,
                      train=dataclasses.replace(ctx.train, epochs=cfg.recovery_epochs))
         out["train"] = result["train"]
     out["metrics"] = evaluate(ctx, model)
     saved = artifacts.save_model(ctx, model, ctx.run_dir)
     shutil.rmtree(ctx.path("recovery"), ignore_errors=True)
     plan.save_plan(model, saved)  # beside the weights: runner.prune.plan.load_pruned rebuilds the shapes
+    return out
+
+
+def prune_in_steps(ctx, stages, dense, teacher, dense_metrics, cache, batches, order) -> dict:
+    """CAP's structured schedule (runner.prune.iterative): the masks grow in method.iterative_steps steps, each
+    followed by recovery training, with the contrastive terms when method.contrastive."""
+    cfg: Config = ctx.method
+    model, heads, neurons, steps = iterative.prune_iteratively(ctx, stages, dense, teacher, cache, batches, order)
+    speed.record(ctx, {"dense": dense, "pruned": model}, reference="dense")
+    out = {"dense": dense_metrics, "steps": steps, "before_recovery": steps[-1]["gated"], "removed_heads": heads,
+           "contrastive": cfg.contrastive, "sizes": arch.layer_sizes(model),
+           **({"kept_neurons": [len(n) for n in neurons]} if neurons else {}),
+           "parameters_kept": count_parameters(model)["total"] / count_parameters(dense)["total"],
+           "metrics": evaluate(ctx, model)}  # the last step's, now on the physically pruned model
+    saved = artifacts.save_model(ctx, model, ctx.run_dir)
+    plan.save_plan(model, saved)
+    iterative.drop_step_states(ctx.run_dir, cfg.iterative_steps)
     return out
 
 
@@ -408,18 +457,3 @@ def order_seed(ctx) -> int:
     """The seed of head_importance=random's order: method.order_seed, else the run's seed (several orders on
     one dense model: method.order_seed=1,2,3 at one seed, since the dense stage is keyed by the run's seed)."""
     return ctx.seed if ctx.method.order_seed is None else ctx.method.order_seed
-
-
-def kd_loss(cfg: Config, cache: LogitCache | None):
-    """(1 - alpha_kd) * task loss + alpha_kd * T^2 KL(teacher || student) (one output, regression: MSE to the
-    teacher's prediction), both terms logged: fine-pruning and recovery fine-tuning share it."""
-    def loss_fn(model, inputs, teacher, state):
-        outputs = model(**inputs)
-        target = teacher_targets(cache, teacher, {k: v for k, v in inputs.items() if k != "labels"})
-        if outputs.logits.shape[-1] == 1:
-            kd = F.mse_loss(outputs.logits.float().squeeze(-1), target.float().squeeze(-1))
-        else:
-            kd = soft_kl(outputs.logits, target, cfg.temperature)
-        state.log(task=outputs.loss, kd=kd)
-        return (1 - cfg.alpha_kd) * outputs.loss + cfg.alpha_kd * kd, outputs
-    return loss_fn
