@@ -69,6 +69,22 @@ def test_banks_find_rows_by_their_real_tokens():
     assert banks.vectors["snapshot"].shape == (2, 2, 2) and banks.vectors["finetuned"].shape == (2, 1, 2)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra"])
+def test_contrastive_terms_train_each_bert_family_model(family):
+    from tests.test_prune_blocks import batch, tiny
+
+    model = tiny(family).train()
+    b = batch()
+    out = model(**b, output_hidden_states=True)
+    z = contrastive.sentence(out.hidden_states[-1], b["attention_mask"], "mean")
+    assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-5)
+    bank = F.normalize(torch.randn(6, 1, z.shape[1]), dim=-1)
+    u, s = contrastive.terms(z, torch.tensor([0, 1, 2, 3]), b["labels"], bank, torch.tensor([0, 1, 1, 0, 1, 0]),
+                             extra=4, tau=0.1)
+    (u + s).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "encoder.layer.1." in n and "weight" in n)
+
+
 def results(root) -> dict:
     found = [p for p in root.rglob("results.json") if p.parent.name.startswith("seed") or "/prune/" in str(p)]
     found = [p for p in found if not p.parent.name.startswith("step")]

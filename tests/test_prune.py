@@ -38,6 +38,8 @@ def results(tmp_path) -> dict:
     ["method.pruner=skill", "method.ffn_layers=[5]"],  # tiny-bert has 2 layers
     ["method.pruner=skill", "model=tiny-t5"],  # T5's W_out has no bias to fold the means into
     ["method.pruner=skill", "method.skill_examples=1"],
+    ["method.pruner=cap", "model=tiny-t5"],
+    ["method.pruner=ffn", "method.contrastive=true", "method.recovery_epochs=0"],
     ["method.pruner=heads", "method.head_importance=attattr", "model=tiny-t5"],
     ["method.dense_epochs=0"],
 ])

@@ -35,6 +35,10 @@ def test_selection_touches_only_the_chosen_layers():
     assert keep[0] == list(range(8)) and keep[1] == [0, 1] and keep[2] == [6, 7]
     keep = structured.select_neurons(imp, 0.5, "global", layers=[0])
     assert keep[0] == [4, 5, 6, 7] and keep[1] == list(range(8))
+    # neurons masked earlier (scored -1 by the step schedule) are never kept, also under the global scope
+    masked = [torch.tensor([-1.0, -1.0, 2, 3, 4, 5, 6, 7]), torch.tensor([-1.0, 1, 2, 3, 4, 5, 6, 7])]
+    keep = structured.select_neurons(masked, 0.5, "global")
+    assert 0 not in keep[0] and 1 not in keep[0] and 0 not in keep[1] and sum(map(len, keep)) == 8
 
 
 @pytest.mark.parametrize("family", BERT_FAMILIES)

@@ -166,6 +166,9 @@ class Config:
 def run(ctx) -> dict:
     cfg: Config = ctx.method
     stages = Stages(ctx.run_dir, ctx.cache_dir and Path(ctx.cache_dir), ctx.log, "prune")
+    if (cfg.pruner == "cap" or cfg.contrastive) and arch.family(ctx.new_model()) == "t5":
+        raise UserError("CAP's contrastive terms compare encoder sentence vectors of BERT-family models; T5 is not "
+                        "supported (drop method.contrastive, or use method.pruner=movement)")
     if cfg.pruner in UNSTRUCTURED:
         return fine_prune(ctx, stages)
     check_structure(ctx)

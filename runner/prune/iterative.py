@@ -55,7 +55,7 @@ def mask_ffn(model, cfg, share: float, batches) -> None:
     imp = structured.ffn_importance(model, cfg.ffn_importance, batches)
     for i, ffn in enumerate(arch.ffns(model, stack="encoder")):
         gate = arch.neuron_gate(ffn)
-        imp[i] = imp[i].float().masked_fill(gate.to(imp[i].device) == 0, float("-inf"))
+        imp[i] = imp[i].float().masked_fill(gate.to(imp[i].device) == 0, -1.0)  # below every importance (>= 0)
     structured.gate_neurons(model, structured.select_neurons(imp, share, cfg.ffn_scope, cfg.ffn_layers))
 
 

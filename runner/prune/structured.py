@@ -195,7 +195,7 @@ def select_neurons(importance: list[Tensor], fraction: float, scope: str = "laye
     if scope != "global":
         raise UserError(f"method.ffn_scope must be layer or global, got '{scope}'")
     parts = [importance[i] for i in chosen]
-    flat = torch.cat([imp / imp.sum().clamp(min=1e-20) for imp in parts])  # comparable across layers
+    flat = torch.cat([imp / imp.clamp(min=0).sum().clamp(min=1e-20) for imp in parts])  # comparable across layers
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.topk(flat, flat.numel() - int(round(fraction * flat.numel()))).indices] = True
     start = 0
