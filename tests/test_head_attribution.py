@@ -120,3 +120,37 @@ def test_attention_map_orders_are_fixed_and_masked_lowest_first(how):
 def test_attention_map_orders_refuse_t5_in_one_line():
     with pytest.raises(UserError, match="T5"):
         structured.fixed_order(tiny("t5"), lambda: iter(batches()), "attattr")
+
+
+def test_order_diagnostic_replays_the_rounds_of_a_fixed_order(tmp_path):
+    """recipes/head-pruning/diagnose_orders.py (the README's reading of the entropy order): it replays the masking
+    of a once-scored order from results.json (lowest first, one head kept per layer) and ranks two orders."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "head-pruning" / "diagnose_orders.py"
+    spec = importlib.util.spec_from_file_location("diagnose_orders", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    scores = [[0.0, 1.0, 2.0], [0.5, 0.1, 3.0]]       # 2 layers x 3 heads
+    # lowest first: (0,0) 0.0, (1,1) 0.1, (1,0) 0.5, then (0,1) 1.0 ... layer 1 stops at 2 of its 3 heads
+    assert mod.replay(scores, [1, 3, 4]) == {1: [1, 0], 3: [1, 2], 4: [2, 2]}
+    assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert mod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    for how, rows in (("entropy", scores), ("attattr", [[2.0, 1.0, 0.0], [3.0, 0.1, 0.5]])):
+        run = tmp_path / f"method.head_importance={how}" / "seed1"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({
+            "status": "completed", "config": {"method": {"pruner": "heads", "head_importance": how}},
+            "dense": {"accuracy": 0.8}, "head_scores": rows,
+            "curve": {"0": {"accuracy": 0.8}, "3": {"accuracy": 0.6}}}))
+    out = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), "--seed", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "entropy order (seed 1, dense 80.00)" in out and "75.0 | 1 2" in out
+    assert "attattr vs entropy: -0.43" in out  # 1 - 6 * 50 / (6 * 35)
+    missing = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), "--seed", "2"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
