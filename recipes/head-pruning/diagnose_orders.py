@@ -21,7 +21,13 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+from scipy.stats import spearmanr
+
+from runner.prune import structured  # the masking rule the runs used
+
 ROOT = Path(__file__).resolve().parents[2]
+
 ORDERS = ("gradient", "attattr", "entropy", "random")
 
 
@@ -38,38 +44,21 @@ def find_runs(root: Path, seed: int) -> dict[str, dict]:
 
 
 def replay(scores: list[list[float]], rounds: list[int]) -> dict[int, list[int]]:
-    """{heads masked: heads masked per layer} when the heads go lowest score first, keeping one per layer."""
-    layers, heads = len(scores), len(scores[0])
-    flat = sorted(range(layers * heads), key=lambda i: scores[i // heads][i % heads])
-    lost = [0] * layers
-    gone: set[int] = set()
+    """{heads masked: heads masked per layer} when the heads go lowest score first, by the runner's own rule
+    (runner.prune.structured: one head kept per layer, masked heads never picked again)."""
+    imp = torch.tensor(scores, dtype=torch.float64)
+    gates = torch.ones_like(imp)
     out: dict[int, list[int]] = {}
     for target in sorted(rounds):
-        for i in flat:
-            if len(gone) >= target:
-                break
-            if i in gone or lost[i // heads] >= heads - 1:
-                continue
-            gone.add(i)
-            lost[i // heads] += 1
-        out[target] = list(lost)
+        masked = int((gates == 0).sum())
+        structured._mask_lowest(imp.masked_fill(gates == 0, float("inf")), gates, target - masked, False)
+        out[target] = (gates == 0).sum(dim=1).tolist()
     return out
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (no ties expected in continuous scores)."""
-    def ranks(x: list[float]) -> list[float]:
-        order = sorted(range(len(x)), key=x.__getitem__)
-        r = [0.0] * len(x)
-        for rank, i in enumerate(order):
-            r[i] = float(rank)
-        return r
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    mean = (n - 1) / 2
-    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb, strict=True))
-    var = sum((x - mean) ** 2 for x in ra)
-    return cov / var
+    """Spearman's rank correlation of two orders' scores."""
+    return float(spearmanr(a, b).statistic)
 
 
 def main(argv: list[str] | None = None) -> int:
