@@ -48,9 +48,9 @@ def _tail(path: Path, n: int = 2000) -> str:
 
 
 def _diagnose(cluster, logs: Path | None) -> str:
-    """What a timeout leaves to read: the queue (and squeue's own errors), the sweep's log, every job's
-    stdout/stderr and the controller's log tail."""
-    queue = cluster.run("squeue", "-h", "-o", "%i %T %r")
+    """What a timeout or a failed sweep leaves to read: the queue (and squeue's own errors), the sweep's
+    log, every job's stdout/stderr and the controller's log tail."""
+    queue = cluster.run("squeue", "-h", "-t", "all", "-o", "%i %T %r")  # ended jobs too (until MinJobAge)
     parts = [f"squeue rc={queue.returncode}: {queue.stdout!r} {queue.stderr.strip()!r}"]
     if logs is not None:
         parts.append(f"--- sweep log\n{_tail(logs / 'sweep.log', 3000)}")
@@ -98,7 +98,7 @@ def test_array_requeue_on_signal_then_sweep_resume(slurm_cluster, shared_data, t
         _wait(proc, cluster, lambda: proc.poll() is not None, 300, "the sweep to finish", tmp_path)
     elapsed = time.time() - t0
     out = log_path.read_text()
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == 0, f"{out[-3000:]}\n{_diagnose(cluster, tmp_path)}"
     assert "sweep summary: 2 completed, 0 skipped (already completed), 0 failed, of 2 jobs" in out
 
     runs = {p.parent.name: p.parent for p in root.rglob("results.json")}

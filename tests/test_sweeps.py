@@ -203,17 +203,20 @@ def test_wait_fails_a_job_that_left_the_queue_without_a_result():
     # Without sacct submitit sees no state: a job killed outside Python would be waited on forever.
     from hydra_plugins.plm_runner.launchers import wait_for_result
 
-    asked = []
-    with pytest.raises(RuntimeError, match="left the SLURM queue without writing a result"):
-        wait_for_result(_FakeJob(None), lambda job_id: asked.append(job_id) or False, check_s=0, grace_s=0.05,
-                        poll_s=0.01)
-    assert asked and set(asked) == {"7_0"}
-    # Still queued (pending, running, requeued), or squeue cannot tell: wait until the result is there.
-    for answer in (True, None):
+    for ended in ("COMPLETED", "FAILED", ""):  # "": the controller has purged the job
+        asked = []
+        said = ended or "no longer known"
+        with pytest.raises(RuntimeError, match=rf"left the SLURM queue \({said}\) without writing a result"):
+            wait_for_result(_FakeJob(None), lambda job_id, s=ended, a=asked: a.append(job_id) or s, check_s=0,
+                            grace_s=0.05, poll_s=0.01)
+        assert asked and set(asked) == {"7_0"}
+    # Still held (pending, running, requeued or held for a requeue: states squeue lists only with -t all),
+    # or squeue cannot tell: wait until the result is there.
+    for answer in ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "SPECIAL_EXIT", None):
         job = _FakeJob(20)
         wait_for_result(job, lambda job_id, a=answer: a, check_s=0, grace_s=0.05, poll_s=0.01)
         assert job.polls == 21
     # Gone for a moment only (the grace covers a result file still being written): no failure.
     job = _FakeJob(3)
-    wait_for_result(job, lambda job_id: False, check_s=0, grace_s=10, poll_s=0.01)
+    wait_for_result(job, lambda job_id: "COMPLETED", check_s=0, grace_s=10, poll_s=0.01)
     assert job.polls == 4

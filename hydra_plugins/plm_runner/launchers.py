@@ -46,35 +46,46 @@ QUEUE_CHECK_S = 30.0  # how often the wait asks squeue whether a job is still qu
 RESULT_GRACE_S = 60.0  # how long a job may be gone from the queue before its missing result counts as a death
 
 
-def in_slurm_queue(job_id: str) -> bool | None:
-    """Whether SLURM still holds the job (pending, running, requeued, completing); None when squeue cannot
-    tell (not installed, controller unreachable)."""
+# squeue's states of a job that has ended. Every other state (pending, running, completing, requeued,
+# held for a requeue, suspended, ...) means SLURM still holds the job. squeue lists only pending, running
+# and completing jobs unless asked for all: a job held in REQUEUE_HOLD or SPECIAL_EXIT would look gone.
+FINISHED_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                             "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"})
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state as squeue reports it in any state ("RUNNING", "PENDING", "COMPLETED", ...), "" when
+    the controller no longer knows the job (purged after MinJobAge), None when squeue cannot tell (not
+    installed, controller unreachable)."""
     if shutil.which("squeue") is None:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True,
+                             text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode == 0:
-        return bool(out.stdout.strip())
-    return False if "invalid job id" in out.stderr.lower() else None  # a finished job the controller purged
+        return (out.stdout.split() or [""])[0]
+    return "" if "invalid job id" in out.stderr.lower() else None
 
 
-def wait_for_result(job, still_queued=in_slurm_queue, check_s: float = QUEUE_CHECK_S,
-                    grace_s: float = RESULT_GRACE_S, poll_s: float = 1.0) -> None:
-    """submitit's job.wait(), plus the one death it cannot see without sacct: the job has left the queue
-    and no result file appears within `grace_s` (killed outside Python, node lost). Raises RuntimeError."""
-    gone_since = None
+def wait_for_result(job, state=slurm_state, check_s: float = QUEUE_CHECK_S, grace_s: float = RESULT_GRACE_S,
+                    poll_s: float = 1.0) -> None:
+    """submitit's job.wait(), plus the one death it cannot see without sacct: the job has ended (or left
+    the controller) and no result file appears within `grace_s` (killed outside Python, node lost).
+    Raises RuntimeError naming the state squeue last reported."""
+    gone_since, last = None, None
     last_check = -float("inf")
     while not job.done():
         now = time.monotonic()
         if now - last_check >= check_s:
             last_check = now
-            gone_since = (gone_since or now) if still_queued(str(job.job_id)) is False else None
+            last = state(str(job.job_id))
+            ended = last is not None and (last == "" or last in FINISHED_STATES)
+            gone_since = (gone_since or now) if ended else None
         if gone_since is not None and now - gone_since >= grace_s:
-            raise RuntimeError(f"the job left the SLURM queue without writing a result in {grace_s:.0f} s "
-                               "(killed outside Python?)")
+            raise RuntimeError(f"the job left the SLURM queue ({last or 'no longer known'}) without writing a "
+                               f"result in {grace_s:.0f} s (killed outside Python?)")
         time.sleep(poll_s)
 
 
