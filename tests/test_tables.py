@@ -400,3 +400,25 @@ def test_keep_earlier_adds_the_seeds_of_the_same_setting_not_run_here(tmp_path):
     assert "seed 1 from the earlier table" in table.markdown
     again = make_table(folder, runs=[new_runs], out=out, keep_earlier=True, write=False).lines[0]
     assert again.n == 3 and again.mean == pytest.approx(line.mean)  # the rewritten CSV carries all three seeds
+
+
+def test_keep_earlier_takes_the_seeds_of_a_reproduced_row_under_a_config_that_gained_keys(tmp_path):
+    """Code that gains a config key (its default keeping the old behaviour) changes the fingerprint: the
+    earlier seeds join only when the seeds run again here reproduce the earlier row to the digit; the merged
+    row carries today's fingerprint. A re-run that does not reproduce it takes none of them."""
+    old_runs, out = tmp_path / "old", tmp_path / "results"
+    for seed, acc in [(1, 0.80), (2, 0.84), (3, 0.82)]:
+        write_run(old_runs, seed, {"accuracy": acc})
+    rows = ["SST-2,glue/sst2,,,accuracy,85.0,,,,,"]
+    make_table(recipe(tmp_path / "a", rows), runs=[old_runs], out=out)
+    folder = recipe(tmp_path / "b", rows)
+    same, other = tmp_path / "same", tmp_path / "other"
+    write_run(same, 1, {"accuracy": 0.80}, method_keys={"new_key": None})  # the new key at its default
+    write_run(other, 1, {"accuracy": 0.81}, method_keys={"new_key": None})  # not the same numbers
+    (line,) = make_table(folder, runs=[same], out=out, keep_earlier=True, write=False).lines
+    with open(out / "recipe.csv", newline="") as f:
+        old_key = next(csv.DictReader(f))["setting"]
+    assert line.setting_key != old_key and line.n == 3 and line.earlier_seeds == ["2", "3"]
+    assert line.mean == pytest.approx(82.0)
+    (line,) = make_table(folder, runs=[other], out=out, keep_earlier=True, write=False).lines
+    assert line.n == 1 and not line.earlier_seeds and line.mean == pytest.approx(81.0)

@@ -14,6 +14,11 @@ the earlier row is of the very same setting: same label and metric and the same 
 `setting` column, runner.results.fingerprint of the config less seed and paths) with per-seed values (its
 `values` column). So a third seed run in a later session joins the first two; a changed recipe (another
 learning rate, steps, ...) changes the fingerprint and its old seeds are never mixed in.
+
+The fingerprint also changes when the code gains a config key, even one whose default keeps the old
+behaviour: the earlier seeds of such a row are taken only when the runs here reproduce it, i.e. the earlier
+row of the same label, metric, settings and variant holds every seed run here with the same value (to
+1e-9 relative). The merged row then carries today's fingerprint.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ def facts_of(row: dict[str, str]) -> dict[str, float]:
 
 def add_seeds(line: Line, rows: list[dict[str, str]], path: Path, committed: bool = False) -> Line:
     """`line` (runs here) with the earlier per-seed values of its own setting for the seeds not run here."""
-    same = [r for r in rows if line.setting_key and r.get("setting") == line.setting_key]
+    same = [r for r in rows if line.setting_key and r.get("setting") == line.setting_key] or reproduced(line, rows)
     here = {str(seed) for seed in line.values}
     extra = {seed: v for r in same for seed, v in per_seed(r).items() if seed not in here}
     if not line.values or not extra:
@@ -74,6 +79,22 @@ def add_seeds(line: Line, rows: list[dict[str, str]], path: Path, committed: boo
                                        if d.rsplit("seed", 1)[-1] in extra]
     merged.status = status(merged)
     return merged
+
+
+def reproduced(line: Line, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The one earlier row of the line's settings and variant (another fingerprint) whose values for every
+    seed run here equal today's: the same setting, re-run under a config that gained keys. [] otherwise."""
+    mine = {str(seed): v for seed, v in line.values.items() if v is not None}
+    if not mine:
+        return []
+    settings = ";".join(f"{k}={v}" for k, v in line.settings.items())  # as render.write_csv writes them
+    same = [r for r in rows if r.get("settings", "") == settings and r.get("variant", "") == line.variant
+            and _equal_on(per_seed(r), mine)]
+    return same if len(same) == 1 else []
+
+
+def _equal_on(earlier: dict[str, float], here: dict[str, float]) -> bool:
+    return all(seed in earlier and abs(earlier[seed] - v) <= 1e-9 * max(1.0, abs(v)) for seed, v in here.items())
 
 
 def kept_x(line: Line, row: dict[str, str], earlier: dict[tuple[str, str], list[dict[str, str]]]) -> float | None:
