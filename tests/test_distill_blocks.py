@@ -97,6 +97,22 @@ def test_student_layer_copy_is_exact(model_type):
         torch.testing.assert_close(kept_out[0], h)
 
 
+def test_cut_diagnostic_gaps_are_zero_for_a_copied_prefix_and_positive_after_a_skip():
+    """runner.distill.student.hidden_states / relative_gap (the layer-choice diagnostics): a student copied from
+    the teacher's first layers reproduces their outputs exactly; one copied from layers 1 and 3 does not (its
+    layer 0, a copy of layer 1, reads the embeddings instead of layer 0's output)."""
+    teacher = tiny("bert")
+    batches = [batch()]
+    reference = student.hidden_states(teacher, batches)
+    assert len(reference[0][0]) == 5 and student.relative_gap(reference, reference, [(4, 4)]) == [0.0]
+    prefix = student.hidden_states(student.from_teacher(teacher, [0, 1]).eval(), batches)
+    assert student.relative_gap(prefix, reference, [(1, 1), (2, 2)]) == [0.0, 0.0]
+    skip = student.hidden_states(student.from_teacher(teacher, [1, 3]).eval(), batches)
+    gaps = student.relative_gap(skip, reference, [(1, 2), (2, 4)])
+    assert all(g > 0.01 for g in gaps)
+    assert student.relative_gap(skip, reference, [(0, 0)]) == [0.0]  # the embeddings are copied as they are
+
+
 def test_student_every_other_and_mean_pooling_kept():
     teacher = tiny("bert", layers_=4)
     arch.set_pooling(teacher, "mean")

@@ -234,3 +234,35 @@ def test_recipe_arms_never_share_a_run_directory():
         key = (params["method.loss"], params["method.alpha"], params.get("method.student_init", "copy"))
         assert key not in seen, f"arm {arm} would write into another arm's run directories"
         seen.add(key)
+
+
+@pytest.mark.slow  # two runs and the script: ~2 min (make test-full)
+def test_layer_choice_diagnostic_reads_the_copied_students_and_the_intermediate_stage(tmp_path, shared_data):
+    """recipes/distill/diagnose_layers.py (the README's TinyBERT section): a CE and a TinyBERT student copied from
+    teacher layer 1, and the consecutive copy of layer 0 measured as cut only."""
+    import subprocess
+    import sys
+
+    common = [*(a for a in ARGS if not a.startswith("method.student_layers")), "method.student_layers=[1]",
+              f"data_dir={shared_data}", f"paths.output_root={tmp_path}"]
+    for extra in (["method.alpha=0.0"], ["method.loss=tinybert", "method.two_stage=true", "method.intermediate_epochs=1",
+                                         "method.alpha=1.0"]):
+        out = run_cli(*common, *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+    root = next(p for p in safe_rglob(tmp_path, "results.json") if p.parent.name.startswith("seed")).parents[2]
+    tiny = [a for a in ARGS if not a.startswith(("task=", "method"))]
+    script = str(ROOT / "recipes" / "distill" / "diagnose_layers.py")
+    proc = subprocess.run([sys.executable, script, "--task", "sst2", "--seed", "42", "--sentences", "16", "--root",
+                           str(root), "--cut", "[0]", *tiny, f"data_dir={shared_data}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arms = json.loads(proc.stdout[proc.stdout.index("{"):])["arms"]
+    assert set(arms) == {"kd alpha=0.0 layers=[1]", "tinybert alpha=1.0 layers=[1]", "cut only, layers=[0]"}
+    assert arms["cut only, layers=[0]"]["cut"]["output_gap"] == [0.0]  # the copied prefix is exact
+    assert arms["kd alpha=0.0 layers=[1]"]["cut"]["output_gap"][0] > 0  # layer 1 now reads the embeddings
+    assert "intermediate" in arms["tinybert alpha=1.0 layers=[1]"] and "intermediate" not in arms["kd alpha=0.0 layers=[1]"]
+    for arm in (arms["kd alpha=0.0 layers=[1]"], arms["tinybert alpha=1.0 layers=[1]"]):
+        assert 0 <= arm["trained"]["metric"] <= 1 and arm["loss"] and arm["trained"]["head_gap"] >= 0
+    missing = subprocess.run([sys.executable, script, "--root", str(tmp_path / "nothing")], capture_output=True,
+                             text=True, cwd=ROOT, timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

@@ -59,33 +59,6 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def layer_inputs(model, batches) -> list[list]:
-    """Per batch, the input of every encoder layer (hidden[i] = input of layer i) and the attention mask."""
-    import torch
-
-    from runner.models import arch
-
-    out = []
-    with torch.no_grad(), arch.attention_scores(model) as cap:
-        for batch in batches:
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-            out.append(([h.clone() for h in cap.hidden[:-1]], batch["attention_mask"]))
-    return out
-
-
-def input_shift(full: list, student: list, layers: list[int]) -> list[float]:
-    """Per student layer k: ||input_student[k] - input_full[layers[k]]|| / ||input_full[layers[k]]|| (real tokens)."""
-    shifts = []
-    for k, layer in enumerate(layers):
-        num = den = 0.0
-        for (hf, mask), (hs, _) in zip(full, student, strict=True):
-            real = mask.bool()
-            num += float((hs[k] - hf[layer])[real].norm() ** 2)
-            den += float(hf[layer][real].norm() ** 2)
-        shifts.append(round((num / den) ** 0.5, 4))
-    return shifts
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="stsb", choices=["stsb", "sst2"])
@@ -111,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import set_seed
 
     from runner import artifacts, hardware
+    from runner.distill.student import hidden_states, relative_gap
     from runner.evaluation import evaluate
     from runner.models import arch
     from runner.run import make_context
@@ -127,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     metric = ctx.task.main_metric
     report = {"task": args.task, "seed": args.seed, "metric": metric, "arms": {}}
     pruned = artifacts.load_model_dir(ctx, next(iter(runs.values())) / "step1-prune" / "model")
-    full = layer_inputs(pruned, batches)
+    full = hidden_states(pruned, batches)
     report["pruned"] = round(evaluate(ctx, pruned)[metric], 4)
     for arm, run in runs.items():
         layers = json.loads(arm)
@@ -138,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         history = json.loads(state[-1].read_text())["log_history"] if state else []
         report["arms"][arm] = {
             "cut": round(evaluate(ctx, cut)[metric], 4),
-            "input_shift": input_shift(full, layer_inputs(cut, batches), layers),
+            # student layer k's input (hidden k) against the input its source layer had in the full model
+            "input_shift": relative_gap(hidden_states(cut, batches), full, list(enumerate(layers))),
             "trained": round(evaluate(ctx, trained)[metric], 4),
             "loss": [round(h["loss"], 4) for h in history if "loss" in h][::3],
             "mid_eval": [round(h[f"eval_{metric}"], 4) for h in history if f"eval_{metric}" in h],

@@ -57,3 +57,32 @@ def check_pair(teacher: nn.Module, student: nn.Module, num_labels: int) -> None:
     if num_labels and labels != num_labels:
         raise UserError(f"the teacher predicts {labels} labels but the task has {num_labels}; "
                         "use a teacher fine-tuned on this task")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Diagnostics of a cut (recipes/bmcook/diagnose_layers.py, recipes/distill/diagnose_layers.py)
+
+
+def hidden_states(model: nn.Module, batches) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Per batch, every encoder hidden state (hidden[0] = the input of layer 0, hidden[i + 1] = layer i's
+    output) and the attention mask, in eval mode without gradients."""
+    out = []
+    with torch.no_grad(), arch.attention_scores(model) as cap:
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            out.append(([h.clone() for h in cap.hidden], batch["attention_mask"]))
+    return out
+
+
+def relative_gap(student: list, reference: list, pairs: list[tuple[int, int]]) -> list[float]:
+    """For each (i, j): ||hidden_student[i] - hidden_reference[j]|| / ||hidden_reference[j]|| over the real
+    tokens of every batch (both from `hidden_states` on the same batches)."""
+    gaps = []
+    for i, j in pairs:
+        num = den = 0.0
+        for (hs, mask), (hr, _) in zip(student, reference, strict=True):
+            real = mask.bool()
+            num += float((hs[i] - hr[j])[real].norm() ** 2)
+            den += float(hr[j][real].norm() ** 2)
+        gaps.append(round((num / den) ** 0.5, 4))
+    return gaps
