@@ -11,9 +11,25 @@ import difflib
 import types
 import typing
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: list[str]):
+    """The composed config of `python -m runner <overrides>`, outside a Hydra run (benchmarks, recipe
+    diagnostics): Hydra imported lazily, the project's resolvers registered."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from runner.results import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

@@ -48,17 +48,6 @@ def find_runs(root: Path, seed: int) -> dict[str, Path]:
     return runs
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from runner.results import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="stsb", choices=["stsb", "sst2"])
@@ -80,24 +69,20 @@ def main(argv: list[str] | None = None) -> int:
               "diagnostic compares two student layer choices: run the P+D+Q arm with both (README)", file=sys.stderr)
         return 2
 
-    from torch.utils.data import DataLoader
     from transformers import set_seed
 
     from runner import artifacts, hardware
-    from runner.distill.student import hidden_states, relative_gap
+    from runner.config import compose
+    from runner.distill.student import dev_batches, hidden_states, relative_gap
     from runner.evaluation import evaluate
     from runner.models import arch
     from runner.run import make_context
-    from runner.tasks.collators import collator, model_inputs
 
     cfg = compose([f"+experiment={args.experiment or 'bmcook/' + args.task}", f"seed={args.seed}", *overrides])
     ctx = make_context(cfg, Path("/tmp") / f"bmcook-layers-{args.task}-{args.seed}")
     hardware.apply(ctx.hardware)
     set_seed(ctx.seed)
-    dev = ctx.data["validation"]
-    loader = DataLoader(model_inputs(dev.select(range(min(len(dev), args.sentences)))), batch_size=64,
-                        collate_fn=collator(ctx.tokenizer, mlm=False))
-    batches = list(loader)
+    batches = dev_batches(ctx, args.sentences)
     metric = ctx.task.main_metric
     report = {"task": args.task, "seed": args.seed, "metric": metric, "arms": {}}
     pruned = artifacts.load_model_dir(ctx, next(iter(runs.values())) / "step1-prune" / "model")

@@ -48,17 +48,6 @@ def find_runs(root: Path, seed: int) -> dict[str, Path]:
     return runs
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from runner.results import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def loss_curve(run: Path, folder: str = "checkpoints") -> list[float]:
     states = sorted((run / folder).glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     history = json.loads(states[-1].read_text())["log_history"] if states else []
@@ -87,23 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import torch
-    from torch.utils.data import DataLoader
     from transformers import set_seed
 
     from runner import artifacts, hardware
-    from runner.distill.student import from_teacher, hidden_states, relative_gap
+    from runner.config import compose
+    from runner.distill.student import dev_batches, from_teacher, hidden_states, relative_gap
     from runner.evaluation import evaluate
     from runner.run import make_context
-    from runner.tasks.collators import collator, model_inputs
 
     cfg = compose([f"+experiment={args.experiment}", f"task=glue/{args.task}", f"seed={args.seed}", *overrides])
     ctx = make_context(cfg, Path("/tmp") / f"distill-layers-{args.task}-{args.seed}")
     hardware.apply(ctx.hardware)
     set_seed(ctx.seed)
-    dev = ctx.data["validation"]
-    loader = DataLoader(model_inputs(dev.select(range(min(len(dev), args.sentences)))), batch_size=64,
-                        collate_fn=collator(ctx.tokenizer, mlm=False))
-    batches = list(loader)
+    batches = dev_batches(ctx, args.sentences)
     metric = ctx.task.main_metric
     first = json.loads((next(iter(runs.values())) / "results.json").read_text())
     teacher = artifacts.load_model_dir(ctx, Path(first["stages"]["teacher"]["path"]) / "model").eval()

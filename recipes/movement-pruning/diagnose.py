@@ -42,18 +42,6 @@ from pathlib import Path
 KINDS = ("q", "k", "v", "o", "w_in", "w_out")
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from runner.results import register_resolvers
-
-    register_resolvers()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def kinds_of(model) -> dict[int, tuple[str, int]]:
     """id(Linear) -> (kind, layer) for the encoder's pruned matrices."""
     from runner.models import arch
@@ -235,6 +223,7 @@ def run_one(args, overrides: list[str]) -> Path:
     from transformers import set_seed
 
     from runner import hardware
+    from runner.config import compose
     from runner.methods import prune
     from runner.run import make_context
     from runner.stages import Stages

@@ -14,18 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from runner.results import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+from runner.config import compose
 
 
 def ours(overrides: list[str], out: Path) -> float:

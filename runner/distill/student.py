@@ -63,6 +63,18 @@ def check_pair(teacher: nn.Module, student: nn.Module, num_labels: int) -> None:
 # Diagnostics of a cut (recipes/bmcook/diagnose_layers.py, recipes/distill/diagnose_layers.py)
 
 
+def dev_batches(ctx, sentences: int, batch_size: int = 64) -> list[dict]:
+    """The first `sentences` rows of the task's dev split, collated as the model reads them."""
+    from torch.utils.data import DataLoader
+
+    from runner.tasks.collators import collator, model_inputs
+
+    dev = ctx.data["validation"]
+    loader = DataLoader(model_inputs(dev.select(range(min(len(dev), sentences)))), batch_size=batch_size,
+                        collate_fn=collator(ctx.tokenizer, mlm=False))
+    return list(loader)
+
+
 def hidden_states(model: nn.Module, batches) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
     """Per batch, every encoder hidden state (hidden[0] = the input of layer 0, hidden[i + 1] = layer i's
     output) and the attention mask, in eval mode without gradients."""
