@@ -29,6 +29,7 @@ from pathlib import Path
 from runner.errors import UserError
 from runner.tables.aggregate import Line, stats, status
 from runner.tables.facts import FACTS
+from runner.tables.render import settings_text
 
 
 def _float(text: str | None) -> float | None:
@@ -87,7 +88,7 @@ def reproduced(line: Line, rows: list[dict[str, str]]) -> list[dict[str, str]]:
     mine = {str(seed): v for seed, v in line.values.items() if v is not None}
     if not mine:
         return []
-    settings = ";".join(f"{k}={v}" for k, v in line.settings.items())  # as render.write_csv writes them
+    settings = settings_text(line.settings)
     same = [r for r in rows if r.get("settings", "") == settings and r.get("variant", "") == line.variant
             and _equal_on(per_seed(r), mine)]
     return same if len(same) == 1 else []

@@ -158,12 +158,17 @@ def write_csv(path: Path, lines: list[Line], others: list[Line]) -> None:
                 " ".join(map(str, line.seeds)), _num(line.paper), _num(line.delta), _num(line.tolerance),
                 int(line.flagged), line.status, line.relative_to, line.reference, _num(line.absolute), line.failed,
                 line.running, line.source, line.note, line.command if line.status == "missing" else "",
-                ";".join(f"{k}={v}" for k, v in line.settings.items()), " ".join(map(shown, line.run_dirs)),
+                settings_text(line.settings), " ".join(map(shown, line.run_dirs)),
                 _num(line.x), shown(line.earlier) if line.earlier else "", " ".join(f"{seed}:{v!r}" for seed, v in line.values.items()),
                 line.setting_key, "yes" if line.verified else ("no" if line.paper is not None else ""),
                 line.comparable, line.null_means, line.point, int(line.committed),
                 *(_num(line.facts.get(k)) for k in FACTS),
             ])
+
+
+def settings_text(settings: dict[str, str]) -> str:
+    """An expected row's settings as the CSV's `settings` column holds them (earlier.py matches on it)."""
+    return ";".join(f"{k}={v}" for k, v in settings.items())
 
 
 def shown(path: str | Path) -> str:
