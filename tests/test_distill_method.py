@@ -236,7 +236,7 @@ def test_recipe_arms_never_share_a_run_directory():
         seen.add(key)
 
 
-@pytest.mark.slow  # two runs and the script: ~2 min (make test-full)
+@pytest.mark.slow  # three runs and the script: ~2 min (make test-full)
 def test_layer_choice_diagnostic_reads_the_copied_students_and_the_intermediate_stage(tmp_path, shared_data):
     """recipes/distill/diagnose_layers.py (the README's TinyBERT section): a CE and a TinyBERT student copied from
     teacher layer 1, and the consecutive copy of layer 0 measured as cut only."""
@@ -245,8 +245,9 @@ def test_layer_choice_diagnostic_reads_the_copied_students_and_the_intermediate_
 
     common = [*(a for a in ARGS if not a.startswith("method.student_layers")), "method.student_layers=[1]",
               f"data_dir={shared_data}", f"paths.output_root={tmp_path}"]
-    for extra in (["method.alpha=0.0"], ["method.loss=tinybert", "method.two_stage=true", "method.intermediate_epochs=1",
-                                         "method.alpha=1.0"]):
+    two_stage = ["method.loss=tinybert", "method.two_stage=true", "method.intermediate_epochs=1", "method.alpha=1.0"]
+    random_init = [*two_stage, "method.student_init=random", "method.student_config={hidden_size:16,intermediate_size:32}"]
+    for extra in (["method.alpha=0.0"], two_stage, random_init):
         out = run_cli(*common, *extra)
         assert out.returncode == 0, out.stderr[-3000:]
     root = next(p for p in safe_rglob(tmp_path, "results.json") if p.parent.name.startswith("seed")).parents[2]
@@ -257,7 +258,10 @@ def test_layer_choice_diagnostic_reads_the_copied_students_and_the_intermediate_
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     arms = json.loads(proc.stdout[proc.stdout.index("{"):])["arms"]
-    assert set(arms) == {"kd alpha=0.0 layers=[1]", "tinybert alpha=1.0 layers=[1]", "cut only, layers=[0]"}
+    assert set(arms) == {"kd alpha=0.0 layers=[1]", "tinybert alpha=1.0 layers=[1]", "cut only, layers=[0]",
+                         "tinybert alpha=1.0 layers=[1] random init"}
+    scratch = arms.pop("tinybert alpha=1.0 layers=[1] random init")  # another width: no gaps, its spread and losses
+    assert 0 <= scratch["trained"]["majority_share"] <= 1 and scratch["loss"] and scratch["intermediate_loss"]
     assert arms["cut only, layers=[0]"]["cut"]["output_gap"] == [0.0]  # the copied prefix is exact
     assert arms["kd alpha=0.0 layers=[1]"]["cut"]["output_gap"][0] > 0  # layer 1 now reads the embeddings
     assert "intermediate" in arms["tinybert alpha=1.0 layers=[1]"] and "intermediate" not in arms["kd alpha=0.0 layers=[1]"]

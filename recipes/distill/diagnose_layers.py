@@ -12,6 +12,12 @@ it loads their shared teacher and, per arm, measures on dev sentences:
     intermediate   TinyBERT only: the same after the intermediate stage (its student.pt)
     trained        the student the run saved: its dev metric and the same gaps
     loss           the run's training loss, every third logged value (trainer_state.json)
+    spread         beside each metric: how far the predictions spread on those dev sentences (the std of a
+                   regression output, or the share of the most predicted class): a student that predicts a
+                   constant has std ~0 (or share 1) whatever its loss says
+
+Random-init students (TinyBERT's own shape, `tinybert4.yaml`) have another width, so no gaps: their trained
+metric, spread and the loss curves of both stages only.
 
 `--cut` adds layer choices measured as cut only (no run needed), e.g. the consecutive copy beside a skip copy:
 
@@ -35,15 +41,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def find_runs(root: Path, seed: int) -> dict[str, Path]:
     """{arm: run dir} of the finished all-data runs under `root` at `seed` whose student is a copy of teacher
-    layers; the arm reads "<loss> alpha=<alpha> layers=<layers>" (the first found per arm, in sorted order)."""
+    layers or a random init; the arm reads "<loss> alpha=<alpha> layers=<layers>" (with " random init" for the
+    latter; the first found per arm, in sorted order)."""
     runs: dict[str, Path] = {}
     for results in sorted(root.glob(f"*/seed{seed}/results.json")):
         r = json.loads(results.read_text())
         method = r.get("config", {}).get("method", {})
-        if (r.get("status") != "completed" or method.get("student_init") != "copy"
+        if (r.get("status") != "completed" or method.get("student_init") not in ("copy", "random")
                 or method.get("student_train_samples") is not None or not isinstance(method.get("student_layers"), list)):
             continue
         arm = f"{method['loss']} alpha={method['alpha']} layers={method['student_layers']}"
+        arm += " random init" if method["student_init"] == "random" else ""
         runs.setdefault(arm, results.parent)
     return runs
 
@@ -93,22 +101,44 @@ def main(argv: list[str] | None = None) -> int:
     first = json.loads((next(iter(runs.values())) / "results.json").read_text())
     teacher = artifacts.load_model_dir(ctx, Path(first["stages"]["teacher"]["path"]) / "model").eval()
     reference = hidden_states(teacher, batches)
+
+    def spread(model) -> dict[str, float]:
+        with torch.no_grad():
+            logits = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches])
+        if logits.shape[-1] == 1:
+            return {"prediction_std": round(float(logits.squeeze(-1).std()), 4)}
+        return {"majority_share": round(float(logits.argmax(-1).bincount().max()) / len(logits), 4)}
+
     report = {"task": args.task, "seed": args.seed, "metric": metric,
-              "teacher": round(evaluate(ctx, teacher)[metric], 4), "arms": {}}
+              "teacher": {"metric": round(evaluate(ctx, teacher)[metric], 4), **spread(teacher)}, "arms": {}}
 
     def measure(model, layers):
         # student layer k's output (hidden k + 1) against the output of the teacher layer it was copied from
         hidden = hidden_states(model.eval(), batches)
         gaps = relative_gap(hidden, reference, [(k + 1, j + 1) for k, j in enumerate(layers)])
         head = relative_gap(hidden, reference, [(len(layers), len(reference[0][0]) - 1)])[0]
-        return {"metric": round(evaluate(ctx, model)[metric], 4), "output_gap": gaps, "head_gap": head}
+        return {"metric": round(evaluate(ctx, model)[metric], 4), **spread(model), "output_gap": gaps,
+                "head_gap": head}
+
+    cuts: dict[str, dict] = {}  # the arms of one layer choice share their cut: measured once
+
+    def cut(layers):
+        key = json.dumps(layers)
+        if key not in cuts:
+            cuts[key] = measure(from_teacher(teacher, layers), layers)
+        return cuts[key]
 
     for arm, run in runs.items():
         result = json.loads((run / "results.json").read_text())
         if Path(result["stages"]["teacher"]["path"]).resolve() != Path(first["stages"]["teacher"]["path"]).resolve():
             print(f"note: {arm} has another teacher stage ({result['stages']['teacher']['path']})", file=sys.stderr)
         layers = result["config"]["method"]["student_layers"]
-        entry = {"cut": measure(from_teacher(teacher, layers), layers)}
+        if result["config"]["method"]["student_init"] == "random":
+            student = artifacts.load_model_dir(ctx, run / "model").eval()
+            report["arms"][arm] = {"trained": {"metric": round(evaluate(ctx, student)[metric], 4), **spread(student)},
+                                   "loss": loss_curve(run), "intermediate_loss": loss_curve(run / "intermediate")}
+            continue
+        entry = {"cut": cut(layers)}
         if (run / "intermediate" / "student.pt").exists():
             student = from_teacher(teacher, layers)
             student.load_state_dict(torch.load(run / "intermediate" / "student.pt", weights_only=True))
@@ -118,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         report["arms"][arm] = entry
     for spec in args.cut:
         layers = json.loads(spec)
-        report["arms"][f"cut only, layers={layers}"] = {"cut": measure(from_teacher(teacher, layers), layers)}
+        report["arms"][f"cut only, layers={layers}"] = {"cut": cut(layers)}
     print(json.dumps(report, indent=1))
     return 0
 
