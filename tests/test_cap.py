@@ -146,3 +146,42 @@ def test_structured_cap_killed_after_a_step_resumes_to_the_same_model(tmp_path, 
         return [(s["masked_heads"], s["gated"]["accuracy"], s["metrics"]["accuracy"], s["train"]["train_loss"])
                 for s in r["steps"]] + [r["metrics"]["accuracy"], r["removed_heads"], r["kept_neurons"]]
     assert kept(a) == kept(b)
+
+
+@pytest.mark.slow  # two tiny runs and the script: ~2 min (make test-full)
+def test_cap_diagnostic_splits_the_gradient_into_task_and_contrastive_parts(tmp_path, shared_data):
+    """recipes/head-pruning/diagnose_cap.py (the README's CAP reading): for a CAP run and its KD-only twin, the
+    two parts of the CAP loss, their gradients' norms and cosine; the CAP run's snapshot joins its banks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    common = [*TINY, "model=tiny-bert", "method=prune", "method.pruner=structured", "method.heads=0.5",
+              "method.ffn=0.5", "method.iterative_steps=2", "method.alpha_kd=0.9", "method.recovery_epochs=0.5",
+              "method.cap_extra=32", f"paths.output_root={tmp_path}", "seed=3"]
+    for arm in ("true", "false"):
+        proc = run_cli(*common, f"method.contrastive={arm}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = next(p for p in safe_rglob(tmp_path, "results.json") if p.parent.name == "seed3").parents[2]
+    script = str(root / "recipes" / "head-pruning" / "diagnose_cap.py")
+    tiny = [a for a in TINY if not a.startswith(("train.logging", "train.save"))]
+    proc = subprocess.run([sys.executable, script, "--seed", "3", "--batches", "2", "--root", str(runs), *tiny,
+                           "model=tiny-bert", f"data_dir={shared_data}"],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    arms = {r["arm"]: r for r in report["runs"]}
+    assert set(arms) == {"CAP", "KD only"} and all(r["share"] == 0.5 for r in report["runs"])
+    assert arms["CAP"]["banks"] == {"pretrained": 1, "finetuned": 1, "snapshot": 1}  # step 2's snapshot
+    assert arms["KD only"]["banks"] == {"pretrained": 1, "finetuned": 1}
+    for r in arms.values():
+        assert r["loss_task"] > 0 and r["loss_terms"] > 0 and r["grad_task"] > 0 and r["grad_terms"] > 0
+        assert -1 <= r["cosine"] <= 1
+    wrong = subprocess.run([sys.executable, script, "--seed", "3", "--root", str(runs), *tiny, "model=tiny-bert",
+                            "task.max_length=16", f"data_dir={shared_data}"],
+                           capture_output=True, text=True, cwd=root, timeout=600)
+    assert wrong.returncode == 2 and "task overrides" in wrong.stderr.strip().splitlines()[-1]
+    missing = subprocess.run([sys.executable, script, "--root", str(tmp_path / "nothing")], capture_output=True,
+                             text=True, cwd=root, timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

@@ -80,6 +80,7 @@ def _wait(proc: subprocess.Popen, cluster, until, timeout: float, what: str, log
             job, reason = line.split()
             if reason == "BeginTime" and time.time() - _held_since.setdefault(job, time.time()) >= RELEASE_AFTER_S:
                 cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+                _held_since.pop(job)  # a job requeued again waits its own RELEASE_AFTER_S anew
         time.sleep(0.3)
     proc.kill()
     raise AssertionError(f"timed out waiting for {what}\n{_diagnose(cluster, logs)}")
